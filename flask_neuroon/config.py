@@ -1,0 +1,303 @@
+"""``NEUROON_*`` configuration: defaults, parsing and validation (pure, no Flask import).
+
+:meth:`Settings.from_config` reads a mapping (``app.config``), accepts the forms that
+``app.config.from_prefixed_env()`` produces (JSON values, or plain strings such as
+``"3.05,10"`` or ``"false"``) and raises :class:`~flask_neuroon.errors.ConfigurationError`
+naming the key for anything malformed. Every key is documented in the README.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+DEFAULTS: dict[str, Any] = {
+    "NEUROON_API_URL": "https://api.neuroon.ai",
+    "NEUROON_SHOP_ID": None,
+    "NEUROON_API_KEY": None,
+    "NEUROON_ORIGIN": None,
+    "NEUROON_ENABLED": True,
+    "NEUROON_COOKIE_NAME": "neuroon_clicks",
+    "NEUROON_STORAGE_URI": "sqlite:///neuroon.sqlite3",
+    "NEUROON_SNAPSHOT_TTL": 259200,
+    "NEUROON_OUTBOX": True,
+    "NEUROON_MAX_WORKERS": 4,
+    "NEUROON_MAX_PENDING": 1000,
+    "NEUROON_TIMEOUT": (3.05, 10),
+    "NEUROON_RETRY_SCHEDULE": (300, 600, 1200, 2400),
+    "NEUROON_MAX_ATTEMPTS": 5,
+    "NEUROON_FLUSH_INTERVAL": 60,
+    "NEUROON_DISPATCH": "thread",
+    "NEUROON_SHUTDOWN_TIMEOUT": 2.0,
+    "NEUROON_SEND_UNATTRIBUTED": True,
+}
+
+DISPATCH_MODES = ("thread", "sync")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+class Secret:
+    """A string that never shows itself in a repr, a str(), a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 and localhost: the only hosts the API may be reached over plain http."""
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigurationError(key, f"must be true or false, not {value!r}")
+
+
+def _number(key: str, value: Any, *, minimum: float = 0, allow_equal: bool = True) -> float:
+    if isinstance(value, bool):
+        raise ConfigurationError(key, f"must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(key, f"must be a number, not {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigurationError(key, "must be a finite number")
+    if number < minimum or (number == minimum and not allow_equal):
+        relation = ">=" if allow_equal else ">"
+        raise ConfigurationError(key, f"must be {relation} {minimum:g}, not {value!r}")
+    return number
+
+
+def _integer(key: str, value: Any, *, minimum: int) -> int:
+    number = _number(key, value, minimum=minimum)
+    if number != int(number):
+        raise ConfigurationError(key, f"must be a whole number, not {value!r}")
+    return int(number)
+
+
+def _numbers(key: str, value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.strip("()[] ").split(",") if part.strip()]
+    if isinstance(value, Sequence):
+        return list(value)
+    return [value]
+
+
+def _timeout(value: Any) -> tuple[float, float]:
+    key = "NEUROON_TIMEOUT"
+    parts = _numbers(key, value)
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise ConfigurationError(key, "must be one number or a (connect, read) pair of seconds")
+    connect, read = (_number(key, part, minimum=0, allow_equal=False) for part in parts)
+    return connect, read
+
+
+def _schedule(value: Any) -> tuple[float, ...]:
+    key = "NEUROON_RETRY_SCHEDULE"
+    delays = tuple(_number(key, part, minimum=0) for part in _numbers(key, value))
+    if not delays:
+        raise ConfigurationError(key, "needs at least one delay in seconds")
+    return delays
+
+
+def _api_url(value: Any) -> str:
+    key = "NEUROON_API_URL"
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(key, "must be a URL such as https://api.neuroon.ai")
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(key, f"must be an https URL, not {url!r}")
+    if parts.username or parts.password:
+        raise ConfigurationError(key, "must not carry credentials: use NEUROON_API_KEY")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(key, "must not have a query or fragment")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigurationError(
+            key, f"must use https ({url!r} is plain http to a host that is not loopback)"
+        )
+    return url
+
+
+def _origin(value: Any) -> str:
+    key = "NEUROON_ORIGIN"
+    text = value.strip() if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or not port_ok
+    ):
+        raise ConfigurationError(
+            key, f"must be scheme://host[:port] such as https://shop.example, not {value!r}"
+        )
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _optional_text(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ConfigurationError(key, "must be a string")
+    text = str(value).strip()
+    return text or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one app. ``api_key`` is a :class:`Secret`."""
+
+    api_url: str
+    shop_id: str | None
+    api_key: Secret | None = field(repr=False)
+    origin: str | None
+    enabled: bool
+    cookie_name: str
+    storage_uri: str
+    snapshot_ttl: float
+    outbox: bool
+    max_workers: int
+    max_pending: int
+    timeout: tuple[float, float]
+    retry_schedule: tuple[float, ...]
+    max_attempts: int
+    flush_interval: float
+    dispatch: str
+    shutdown_timeout: float
+    send_unattributed: bool
+    #: Why tracking is off although NEUROON_ENABLED is true (a missing key), else None.
+    disabled_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """True when conversions are stored and sent."""
+        return self.enabled and self.disabled_reason is None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.api_url}/api/plugin/shops/{self.shop_id}/track/conversion"
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed row is ours: longer than any send can take."""
+        return self.timeout[0] + self.timeout[1] + 30.0
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        def get(key: str) -> Any:
+            value = config.get(key)
+            return DEFAULTS[key] if value is None else value
+
+        shop_id = _optional_text("NEUROON_SHOP_ID", config.get("NEUROON_SHOP_ID"))
+        if shop_id is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", shop_id):
+            raise ConfigurationError("NEUROON_SHOP_ID", "may hold letters, digits, _ . - only")
+        api_key = _optional_text("NEUROON_API_KEY", config.get("NEUROON_API_KEY"))
+        origin_raw = config.get("NEUROON_ORIGIN")
+        origin = None if origin_raw in (None, "") else _origin(origin_raw)
+
+        missing = [
+            name
+            for name, value in (
+                ("NEUROON_SHOP_ID", shop_id),
+                ("NEUROON_API_KEY", api_key),
+                ("NEUROON_ORIGIN", origin),
+            )
+            if value is None
+        ]
+        reason = f"{', '.join(missing)} not set: tracking is disabled" if missing else None
+
+        cookie_name = get("NEUROON_COOKIE_NAME")
+        if not isinstance(cookie_name, str) or not _COOKIE_NAME.match(cookie_name):
+            raise ConfigurationError(
+                "NEUROON_COOKIE_NAME", f"is not a cookie name: {cookie_name!r}"
+            )
+        storage_uri = get("NEUROON_STORAGE_URI")
+        if not isinstance(storage_uri, str) or "://" not in storage_uri:
+            raise ConfigurationError(
+                "NEUROON_STORAGE_URI",
+                "must be a URI such as sqlite:///neuroon.sqlite3 or memory://",
+            )
+        dispatch = str(get("NEUROON_DISPATCH")).strip().lower()
+        if dispatch not in DISPATCH_MODES:
+            raise ConfigurationError(
+                "NEUROON_DISPATCH", f"must be one of {', '.join(DISPATCH_MODES)}, not {dispatch!r}"
+            )
+
+        return cls(
+            api_url=_api_url(get("NEUROON_API_URL")),
+            shop_id=shop_id,
+            api_key=Secret(api_key) if api_key else None,
+            origin=origin,
+            enabled=_bool("NEUROON_ENABLED", get("NEUROON_ENABLED")),
+            cookie_name=cookie_name,
+            storage_uri=storage_uri.strip(),
+            snapshot_ttl=_number(
+                "NEUROON_SNAPSHOT_TTL", get("NEUROON_SNAPSHOT_TTL"), minimum=0, allow_equal=False
+            ),
+            outbox=_bool("NEUROON_OUTBOX", get("NEUROON_OUTBOX")),
+            max_workers=_integer("NEUROON_MAX_WORKERS", get("NEUROON_MAX_WORKERS"), minimum=1),
+            max_pending=_integer("NEUROON_MAX_PENDING", get("NEUROON_MAX_PENDING"), minimum=1),
+            timeout=_timeout(get("NEUROON_TIMEOUT")),
+            retry_schedule=_schedule(get("NEUROON_RETRY_SCHEDULE")),
+            max_attempts=_integer("NEUROON_MAX_ATTEMPTS", get("NEUROON_MAX_ATTEMPTS"), minimum=1),
+            flush_interval=_number("NEUROON_FLUSH_INTERVAL", get("NEUROON_FLUSH_INTERVAL")),
+            dispatch=dispatch,
+            shutdown_timeout=_number("NEUROON_SHUTDOWN_TIMEOUT", get("NEUROON_SHUTDOWN_TIMEOUT")),
+            send_unattributed=_bool("NEUROON_SEND_UNATTRIBUTED", get("NEUROON_SEND_UNATTRIBUTED")),
+            disabled_reason=reason,
+        )
+
+
+__all__ = ["DEFAULTS", "DISPATCH_MODES", "Secret", "Settings", "is_loopback_host"]

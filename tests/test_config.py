@@ -1,0 +1,134 @@
+"""NEUROON_* configuration: what a shop may write, and the clear error for what it may not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_neuroon import ConfigurationError, Neuroon
+from flask_neuroon.config import Settings
+
+GOOD = {
+    "NEUROON_SHOP_ID": "shop_1",
+    "NEUROON_API_KEY": "sk_live_abc",
+    "NEUROON_ORIGIN": "https://shop.example",
+}
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings.from_config({**GOOD, **overrides})
+
+
+def test_defaults_are_the_documented_ones():
+    s = settings()
+    assert s.api_url == "https://api.neuroon.ai"
+    assert s.endpoint == "https://api.neuroon.ai/api/plugin/shops/shop_1/track/conversion"
+    assert (s.enabled, s.outbox, s.send_unattributed, s.active) == (True, True, True, True)
+    assert s.cookie_name == "neuroon_clicks"
+    assert s.storage_uri == "sqlite:///neuroon.sqlite3"
+    assert s.snapshot_ttl == 259200
+    assert (s.max_workers, s.max_pending, s.max_attempts) == (4, 1000, 5)
+    assert s.timeout == (3.05, 10.0)
+    assert s.retry_schedule == (300, 600, 1200, 2400)
+    assert (s.flush_interval, s.dispatch, s.shutdown_timeout) == (60, "thread", 2.0)
+
+
+def test_values_from_prefixed_env_strings_are_understood(monkeypatch: pytest.MonkeyPatch):
+    app = Flask("envshop")
+    for key, value in {
+        "NEUROON_SHOP_ID": "shop_env",
+        "NEUROON_API_KEY": "sk_env",
+        "NEUROON_ORIGIN": "https://shop.example",
+        "NEUROON_ENABLED": "false",
+        "NEUROON_TIMEOUT": "2,5",
+        "NEUROON_RETRY_SCHEDULE": "[10, 20]",
+        "NEUROON_MAX_WORKERS": "8",
+        "NEUROON_OUTBOX": "0",
+    }.items():
+        monkeypatch.setenv(f"FLASK_{key}", value)
+    app.config.from_prefixed_env()
+    s = Settings.from_config(app.config)
+    assert s.shop_id == "shop_env"
+    assert s.enabled is False
+    assert s.timeout == (2.0, 5.0)
+    assert s.retry_schedule == (10.0, 20.0)
+    assert s.max_workers == 8
+    assert s.outbox is False
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("NEUROON_API_URL", "http://api.neuroon.ai", "must use https"),
+        ("NEUROON_API_URL", "ftp://api.neuroon.ai", "https URL"),
+        ("NEUROON_API_URL", "https://user:pw@api.neuroon.ai", "credentials"),
+        ("NEUROON_API_URL", "", "must be a URL"),
+        ("NEUROON_ORIGIN", "shop.example", "scheme://host[:port]"),
+        ("NEUROON_ORIGIN", "https://shop.example/checkout", "scheme://host[:port]"),
+        ("NEUROON_ORIGIN", "https://shop.example:99999", "scheme://host[:port]"),
+        ("NEUROON_TIMEOUT", -1, "must be > 0"),
+        ("NEUROON_TIMEOUT", (1, 2, 3), "(connect, read) pair"),
+        ("NEUROON_TIMEOUT", "soon", "must be a number"),
+        ("NEUROON_RETRY_SCHEDULE", (10, -5), "must be >= 0"),
+        ("NEUROON_RETRY_SCHEDULE", (), "at least one delay"),
+        ("NEUROON_MAX_WORKERS", 0, "must be >= 1"),
+        ("NEUROON_MAX_PENDING", 2.5, "whole number"),
+        ("NEUROON_MAX_ATTEMPTS", "many", "must be a number"),
+        ("NEUROON_SNAPSHOT_TTL", 0, "must be > 0"),
+        ("NEUROON_FLUSH_INTERVAL", float("nan"), "finite"),
+        ("NEUROON_SHUTDOWN_TIMEOUT", -0.1, "must be >= 0"),
+        ("NEUROON_ENABLED", "maybe", "true or false"),
+        ("NEUROON_DISPATCH", "carrier-pigeon", "must be one of"),
+        ("NEUROON_COOKIE_NAME", "bad name;", "not a cookie name"),
+        ("NEUROON_STORAGE_URI", "neuroon.db", "must be a URI"),
+        ("NEUROON_SHOP_ID", "shop/../x", "letters, digits"),
+    ],
+)
+def test_malformed_values_raise_a_configuration_error_naming_the_key(key, value, words):
+    with pytest.raises(ConfigurationError) as caught:
+        settings(**{key: value})
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{key}: ")
+    assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080", "http://localhost:5000/", "http://[::1]:9000", "http://127.9.9.9"],
+)
+def test_plain_http_is_allowed_to_loopback_only(url):
+    assert settings(NEUROON_API_URL=url).api_url == url.rstrip("/")
+
+
+def test_init_app_raises_configuration_error_and_registers_nothing():
+    app = Flask("bad")
+    app.config.update(GOOD, NEUROON_API_URL="http://evil.example")
+    with pytest.raises(ConfigurationError, match="NEUROON_API_URL"):
+        Neuroon(app)
+    assert "neuroon" not in app.extensions
+
+
+def test_the_api_key_is_hidden_in_reprs_and_errors():
+    s = settings(NEUROON_API_KEY="sk_live_supersecret")
+    assert "supersecret" not in repr(s)
+    assert "supersecret" not in str(s.api_key)
+    assert s.api_key is not None and s.api_key.reveal() == "sk_live_supersecret"
+    with pytest.raises(ConfigurationError) as caught:
+        settings(NEUROON_API_KEY="sk_live_supersecret", NEUROON_TIMEOUT="x")
+    assert "supersecret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [
+        ({"NEUROON_SHOP_ID": None}, "NEUROON_SHOP_ID not set: tracking is disabled"),
+        ({"NEUROON_API_KEY": ""}, "NEUROON_API_KEY not set: tracking is disabled"),
+        ({"NEUROON_ORIGIN": None}, "NEUROON_ORIGIN not set: tracking is disabled"),
+    ],
+)
+def test_a_missing_key_disables_tracking_instead_of_raising(missing, reason):
+    s = settings(**missing)
+    assert s.active is False
+    assert s.disabled_reason == reason
