@@ -1,0 +1,268 @@
+"""Order + click map -> the conversion payload of the wire contract (pure: values in, values out).
+
+Rules (see DESIGN.md, "The wire contract"):
+
+* Money is :class:`~decimal.Decimal`, rounded half-up to the currency's ISO 4217 minor
+  units, and written by :func:`dumps_payload` as a JSON *number*. Floats given by the
+  shop are read through ``str()``; no arithmetic is done in float.
+* A line's total is its explicit ``line_total`` if it has one, else ``unit_price * quantity``.
+* A line is attributed when its variant id, else its product id, is a key of the click
+  map (compared as strings). Lines of the same clicked id become one conversion entry.
+* ``attributedValue`` never exceeds ``orderValue``: when the lines add up to more than
+  the order total (an order-level discount), the attributed totals are scaled down in
+  proportion and the rounding remainder is spread (largest remainder first) so that the
+  entries add up to ``attributedValue`` exactly.
+* Anything that cannot be sent raises :class:`~flask_neuroon.errors.InvalidOrder`
+  naming the order and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from typing import Any
+
+from .currencies import minor_units
+from .errors import InvalidOrder
+from .orders import Order, OrderLine
+
+#: Longest order id, product id or variant id accepted.
+MAX_ID_LENGTH = 255
+
+# Enough digits that no division or product below loses precision for any real amount.
+_PRECISION = 60
+
+
+@dataclass
+class _Entry:
+    product_id: str
+    search_log_id: str
+    quantity: int
+    line_total: Decimal
+
+
+def _optional_id(value: Any, order_id: str | None, field: str) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _required_id(value, order_id, field)
+
+
+def _required_id(value: Any, order_id: str | None, field: str) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidOrder(f"{field} is missing", order_id=order_id, field=field)
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        raise InvalidOrder(
+            f"{field} must be a string or an integer, not {type(value).__name__}",
+            order_id=order_id,
+            field=field,
+        )
+    text = str(value).strip()
+    if len(text) > MAX_ID_LENGTH:
+        raise InvalidOrder(
+            f"{field} is longer than {MAX_ID_LENGTH} characters", order_id=order_id, field=field
+        )
+    return text
+
+
+def to_decimal(value: Any, order_id: str | None, field: str) -> Decimal:
+    """Read an amount without float arithmetic; NaN, infinities and non-numbers are errors."""
+    if isinstance(value, bool) or value is None:
+        raise InvalidOrder(f"{field} must be a number", order_id=order_id, field=field)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidOrder(f"{field} must be a finite number", order_id=order_id, field=field)
+        value = repr(value)
+    if isinstance(value, (int, Decimal)):
+        number = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            raise InvalidOrder(
+                f"{field} must be a number, not {value[:40]!r}", order_id=order_id, field=field
+            ) from None
+    else:
+        raise InvalidOrder(
+            f"{field} must be a number, not {type(value).__name__}", order_id=order_id, field=field
+        )
+    if not number.is_finite():
+        raise InvalidOrder(f"{field} must be a finite number", order_id=order_id, field=field)
+    return number
+
+
+def _round(amount: Decimal, exponent: Decimal, order_id: str | None, field: str) -> Decimal:
+    try:
+        rounded = amount.quantize(exponent, rounding=ROUND_HALF_UP)
+    except InvalidOperation:
+        raise InvalidOrder(f"{field} is too large", order_id=order_id, field=field) from None
+    return rounded + 0  # no negative zero
+
+
+def _quantity(value: Any, order_id: str | None, field: str) -> int:
+    message = "quantity must be a positive integer"
+    if isinstance(value, bool) or value is None:
+        raise InvalidOrder(message, order_id=order_id, field=field)
+    if isinstance(value, int):
+        number = value
+    else:
+        try:
+            as_decimal = to_decimal(value, order_id, field)
+        except InvalidOrder:
+            raise InvalidOrder(message, order_id=order_id, field=field) from None
+        if as_decimal != as_decimal.to_integral_value():
+            raise InvalidOrder(message, order_id=order_id, field=field)
+        number = int(as_decimal)
+    if number <= 0:
+        raise InvalidOrder(message, order_id=order_id, field=field)
+    return number
+
+
+def _line_total(
+    line: OrderLine, quantity: int, exponent: Decimal, order_id: str | None, where: str
+) -> Decimal:
+    if line.line_total is not None:
+        field = f"{where}.lineTotal"
+        amount = to_decimal(line.line_total, order_id, field)
+    elif line.unit_price is not None:
+        field = f"{where}.unitPrice"
+        amount = to_decimal(line.unit_price, order_id, field) * quantity
+    else:
+        raise InvalidOrder(
+            "a line needs a unitPrice or a lineTotal", order_id=order_id, field=where
+        )
+    if amount < 0:
+        raise InvalidOrder("must be >= 0", order_id=order_id, field=field)
+    return _round(amount, exponent, order_id, field)
+
+
+def _scale(
+    entries: list[_Entry], factor_num: Decimal, factor_den: Decimal, exponent: Decimal
+) -> Decimal:
+    """Scale entry totals by num/den; the entries then add up to the returned total exactly."""
+    exact = [entry.line_total * factor_num / factor_den for entry in entries]
+    total = sum(exact, Decimal(0)).quantize(exponent, rounding=ROUND_HALF_UP)
+    floors = [value.quantize(exponent, rounding=ROUND_DOWN) for value in exact]
+    remainder_units = int((total - sum(floors, Decimal(0))) / exponent)
+    # Largest fractional remainder first; ties keep the order of the lines.
+    by_remainder = sorted(range(len(entries)), key=lambda i: floors[i] - exact[i])
+    for rank, index in enumerate(by_remainder):
+        entries[index].line_total = floors[index] + (exponent if rank < remainder_units else 0)
+    return total
+
+
+def build_payload(order: Order, clicks: Mapping[str, str]) -> dict[str, Any]:
+    """The contract's body for ``order``, attributing the lines found in ``clicks``.
+
+    Returns a dict whose money values are :class:`~decimal.Decimal`; serialize it with
+    :func:`dumps_payload`. Raises :class:`InvalidOrder` naming the order and the field.
+    """
+    order_id = _required_id(order.id, None, "orderId")
+    currency_raw = order.currency
+    if currency_raw is None or (isinstance(currency_raw, str) and not currency_raw.strip()):
+        raise InvalidOrder("currency is missing", order_id=order_id, field="currency")
+    currency = str(currency_raw).strip().upper()
+    digits = minor_units(currency)
+    if digits is None:
+        raise InvalidOrder(
+            f"currency {str(currency_raw)[:20]!r} is not an ISO 4217 code",
+            order_id=order_id,
+            field="currency",
+        )
+    exponent = Decimal(1).scaleb(-digits)
+
+    with localcontext() as context:
+        context.prec = _PRECISION
+        if order.total is None:
+            raise InvalidOrder("orderValue is missing", order_id=order_id, field="orderValue")
+        order_value = _round(
+            to_decimal(order.total, order_id, "orderValue"), exponent, order_id, "orderValue"
+        )
+        if order_value < 0:
+            raise InvalidOrder(
+                "orderValue must be >= 0: refunds use a different endpoint",
+                order_id=order_id,
+                field="orderValue",
+            )
+        lines: Any = order.lines
+        if isinstance(lines, (str, bytes, Mapping)) or not isinstance(lines, Iterable):
+            raise InvalidOrder(
+                "lines must be a list of order lines", order_id=order_id, field="lines"
+            )
+
+        entries: dict[str, _Entry] = {}
+        lines_sum = Decimal(0)
+        for index, line in enumerate(lines):
+            where = f"lines[{index}]"
+            if not isinstance(line, OrderLine):
+                raise InvalidOrder("is not an order line", order_id=order_id, field=where)
+            product_id = _required_id(line.product_id, order_id, f"{where}.productId")
+            variant_id = _optional_id(line.variant_id, order_id, f"{where}.variantId")
+            quantity = _quantity(line.quantity, order_id, f"{where}.quantity")
+            total = _line_total(line, quantity, exponent, order_id, where)
+            lines_sum += total
+            key = variant_id if variant_id is not None and variant_id in clicks else product_id
+            search_log_id = clicks.get(key)
+            if search_log_id is None:
+                continue
+            entry = entries.get(key)
+            if entry is None:
+                entries[key] = _Entry(key, search_log_id, quantity, total)
+            else:
+                entry.quantity += quantity
+                entry.line_total += total
+
+        attributed_entries = list(entries.values())
+        if lines_sum > order_value and attributed_entries:
+            attributed = _scale(attributed_entries, order_value, lines_sum, exponent)
+        else:
+            attributed = sum((e.line_total for e in attributed_entries), Decimal(0))
+            attributed = _round(attributed, exponent, order_id, "attributedValue")
+
+    return {
+        "orderId": order_id,
+        "orderValue": order_value,
+        "attributedValue": attributed,
+        "currency": currency,
+        "conversions": [
+            {
+                "productId": e.product_id,
+                "searchLogId": e.search_log_id,
+                "quantity": e.quantity,
+                "lineTotal": e.line_total,
+            }
+            for e in attributed_entries
+        ],
+    }
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("cannot encode a non-finite amount")
+        return format(value + 0, "f")
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{_encode(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_encode(item) for item in value) + "]"
+    if isinstance(value, float):
+        raise TypeError("floats are not money: use Decimal")
+    return json.dumps(value, ensure_ascii=False)
+
+
+def dumps_payload(payload: Mapping[str, Any]) -> str:
+    """Compact JSON for a payload, every Decimal written exactly as a JSON number."""
+    return _encode(payload)
+
+
+def loads_payload(text: str | bytes) -> dict[str, Any]:
+    """Read a stored payload back, numbers with a fraction as Decimal."""
+    value = json.loads(text, parse_float=Decimal)
+    if not isinstance(value, dict):
+        raise ValueError("a payload is a JSON object")
+    return value
+
+
+__all__ = ["MAX_ID_LENGTH", "build_payload", "dumps_payload", "loads_payload", "to_decimal"]

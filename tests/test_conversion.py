@@ -1,0 +1,373 @@
+"""The payload a shop's order becomes: exactly the wire contract, money exact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_neuroon import InvalidOrder, Order, OrderLine
+from flask_neuroon.conversion import build_payload, dumps_payload, loads_payload
+from flask_neuroon.orders import adapt_order
+
+
+def payload(order: Any, clicks: dict[str, str] | None = None) -> dict[str, Any]:
+    return build_payload(adapt_order(order), clicks or {})
+
+
+def test_clicked_and_unclicked_line_give_exactly_the_contract_fields():
+    order = Order(
+        id="A-1001",
+        total=Decimal("59.97"),
+        currency="EUR",
+        lines=[
+            OrderLine(product_id="SKU-1", quantity=2, unit_price=Decimal("19.99")),
+            OrderLine(product_id="SKU-2", quantity=1, unit_price=Decimal("19.99")),
+        ],
+    )
+    body = json.loads(dumps_payload(payload(order, {"SKU-1": "log-1", "OTHER": "log-9"})))
+    assert body == {
+        "orderId": "A-1001",
+        "orderValue": 59.97,
+        "attributedValue": 39.98,
+        "currency": "EUR",
+        "conversions": [
+            {"productId": "SKU-1", "searchLogId": "log-1", "quantity": 2, "lineTotal": 39.98}
+        ],
+    }
+
+
+def test_money_is_written_as_exact_json_numbers():
+    order = {
+        "id": 1,
+        "total": "0.30",
+        "currency": "EUR",
+        "lines": [{"sku": "a", "price": 0.1}, {"sku": "b", "price": 0.2}],
+    }
+    text = dumps_payload(payload(order, {"a": "x", "b": "y"}))
+    assert '"orderValue":0.30' in text
+    assert '"attributedValue":0.30' in text
+    assert '"lineTotal":0.10' in text and '"lineTotal":0.20' in text
+    assert loads_payload(text)["attributedValue"] == Decimal("0.30")
+
+
+@pytest.mark.parametrize(
+    ("currency", "total", "expected"),
+    [
+        ("JPY", "1234.5", "1235"),
+        ("EUR", "10.005", "10.01"),
+        ("EUR", "10.004", "10.00"),
+        ("KWD", "1.2345", "1.235"),
+        ("CLF", "1.23456", "1.2346"),
+        ("eur", "5", "5.00"),
+    ],
+)
+def test_amounts_round_half_up_to_the_currencys_minor_units(currency, total, expected):
+    body = payload({"id": "o", "total": total, "currency": currency, "lines": []})
+    assert body["orderValue"] == Decimal(expected)
+    assert str(body["orderValue"]) == expected
+    assert body["currency"] == currency.upper()
+
+
+def test_explicit_line_total_wins_over_unit_price_times_quantity():
+    order = {
+        "id": "o",
+        "total": 100,
+        "currency": "EUR",
+        "lines": [{"sku": "a", "qty": 3, "unitPrice": "10.00", "lineTotal": "27.00"}],
+    }
+    body = payload(order, {"a": "s"})
+    assert body["conversions"][0]["lineTotal"] == Decimal("27.00")
+    assert body["attributedValue"] == Decimal("27.00")
+
+
+def test_variant_id_is_matched_before_product_id():
+    order = {
+        "id": "o",
+        "total": 30,
+        "currency": "EUR",
+        "lines": [
+            {"product_id": "P1", "variant_id": "V1", "price": 10},
+            {"product_id": "P1", "variant_id": "V2", "price": 20},
+        ],
+    }
+    body = payload(order, {"V1": "logV1", "P1": "logP1"})
+    assert body["conversions"] == [
+        {"productId": "V1", "searchLogId": "logV1", "quantity": 1, "lineTotal": Decimal("10.00")},
+        {"productId": "P1", "searchLogId": "logP1", "quantity": 1, "lineTotal": Decimal("20.00")},
+    ]
+
+
+def test_ids_are_compared_as_strings():
+    order = {"id": 7, "total": 10, "currency": "EUR", "lines": [{"product_id": 42, "price": 10}]}
+    body = payload(order, {"42": "log"})
+    assert body["orderId"] == "7"
+    assert body["conversions"][0]["productId"] == "42"
+
+
+def test_several_lines_of_one_product_become_one_entry():
+    order = {
+        "id": "o",
+        "total": 50,
+        "currency": "EUR",
+        "lines": [
+            {"sku": "a", "qty": 1, "price": 10},
+            {"sku": "b", "qty": 1, "price": 5},
+            {"sku": "a", "qty": 2, "price": 10, "line_total": 15},
+        ],
+    }
+    body = payload(order, {"a": "s"})
+    assert body["conversions"] == [
+        {"productId": "a", "searchLogId": "s", "quantity": 3, "lineTotal": Decimal("25.00")}
+    ]
+    assert body["attributedValue"] == Decimal("25.00")
+
+
+def test_order_level_discount_scales_attribution_and_the_sums_agree():
+    # Lines add up to 100.00, the order-level coupon brings the total to 90.00.
+    order = {
+        "id": "o",
+        "total": "90.00",
+        "currency": "EUR",
+        "lines": [
+            {"sku": "a", "price": "33.33"},
+            {"sku": "b", "price": "33.33"},
+            {"sku": "c", "price": "33.34"},
+        ],
+    }
+    body = payload(order, {"a": "1", "b": "2"})
+    totals = [c["lineTotal"] for c in body["conversions"]]
+    # 33.33 * 0.9 = 29.997 each: the attributed value rounds to 59.99 and the entries agree.
+    assert body["attributedValue"] == Decimal("59.99")
+    assert sum(totals) == body["attributedValue"]
+    assert sorted(totals) == [Decimal("29.99"), Decimal("30.00")]
+
+
+def test_attributed_value_never_exceeds_order_value_when_everything_is_clicked():
+    order = {
+        "id": "o",
+        "total": "10.00",
+        "currency": "EUR",
+        "lines": [{"sku": "a", "price": "7.00"}, {"sku": "b", "price": "7.00"}],
+    }
+    body = payload(order, {"a": "1", "b": "2"})
+    assert body["attributedValue"] == Decimal("10.00")
+    assert [c["lineTotal"] for c in body["conversions"]] == [Decimal("5.00"), Decimal("5.00")]
+
+
+def test_shipping_above_the_lines_does_not_scale():
+    order = {
+        "id": "o",
+        "total": "24.99",
+        "currency": "EUR",
+        "lines": [{"sku": "a", "price": "19.99"}],
+    }
+    assert payload(order, {"a": "1"})["attributedValue"] == Decimal("19.99")
+
+
+def test_free_order_attributes_zero():
+    order = {"id": "o", "total": "0", "currency": "EUR", "lines": [{"sku": "a", "price": "5"}]}
+    body = payload(order, {"a": "1"})
+    assert body["attributedValue"] == Decimal("0.00")
+    assert body["conversions"][0]["lineTotal"] == Decimal("0.00")
+
+
+def test_an_order_with_no_clicked_line_has_no_conversions():
+    order = {"id": "o", "total": 10, "currency": "USD", "lines": [{"sku": "a", "price": 10}]}
+    body = payload(order, {"zzz": "1"})
+    assert body["conversions"] == []
+    assert body["attributedValue"] == Decimal("0.00")
+
+
+def test_vendor_javascript_example_shape_is_understood():
+    @dataclass
+    class Line:
+        sku: str
+        quantity: int
+        unitPrice: float
+
+    @dataclass
+    class ShopOrder:
+        id: str
+        total: float
+        currency: str
+        lines: list[Line] = field(default_factory=list)
+
+    order = ShopOrder("ORD-1", 49.9, "eur", [Line("S1", 2, 12.45), Line("S2", 1, 25.0)])
+    body = payload(order, {"S1": "log-S1"})
+    assert body["orderValue"] == Decimal("49.90")
+    assert body["conversions"] == [
+        {"productId": "S1", "searchLogId": "log-S1", "quantity": 2, "lineTotal": Decimal("24.90")}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("order", "field", "words"),
+    [
+        ({"total": 1, "currency": "EUR"}, "orderId", "orderId is missing"),
+        ({"id": "  ", "total": 1, "currency": "EUR"}, "orderId", "orderId is missing"),
+        (
+            {"id": "o", "total": -1, "currency": "EUR"},
+            "orderValue",
+            "orderValue must be >= 0: refunds use a different endpoint",
+        ),
+        ({"id": "o", "total": "NaN", "currency": "EUR"}, "orderValue", "finite"),
+        ({"id": "o", "total": float("inf"), "currency": "EUR"}, "orderValue", "finite"),
+        ({"id": "o", "total": "abc", "currency": "EUR"}, "orderValue", "must be a number"),
+        ({"id": "o", "currency": "EUR"}, "orderValue", "orderValue is missing"),
+        ({"id": "o", "total": True, "currency": "EUR"}, "orderValue", "must be a number"),
+        ({"id": "o", "total": 1}, "currency", "currency is missing"),
+        ({"id": "o", "total": 1, "currency": "EURO"}, "currency", "not an ISO 4217 code"),
+        ({"id": "o", "total": 1, "currency": "XAU"}, "currency", "not an ISO 4217 code"),
+        ({"id": "o", "total": 1, "currency": "EUR", "lines": "abc"}, "lines", "must be a list"),
+        (
+            {"id": "o", "total": 1, "currency": "EUR", "lines": [{"price": 1}]},
+            "lines[0].productId",
+            "is missing",
+        ),
+        (
+            {
+                "id": "o",
+                "total": 1,
+                "currency": "EUR",
+                "lines": [{"sku": "a", "qty": 0, "price": 1}],
+            },
+            "lines[0].quantity",
+            "positive integer",
+        ),
+        (
+            {
+                "id": "o",
+                "total": 1,
+                "currency": "EUR",
+                "lines": [{"sku": "a", "qty": 1.5, "price": 1}],
+            },
+            "lines[0].quantity",
+            "positive integer",
+        ),
+        (
+            {
+                "id": "o",
+                "total": 1,
+                "currency": "EUR",
+                "lines": [{"sku": "a", "qty": -2, "price": 1}],
+            },
+            "lines[0].quantity",
+            "positive integer",
+        ),
+        (
+            {
+                "id": "o",
+                "total": 1,
+                "currency": "EUR",
+                "lines": [{"sku": "a", "qty": "two", "price": 1}],
+            },
+            "lines[0].quantity",
+            "positive integer",
+        ),
+        (
+            {
+                "id": "o",
+                "total": 1,
+                "currency": "EUR",
+                "lines": [{"sku": "a", "qty": True, "price": 1}],
+            },
+            "lines[0].quantity",
+            "positive integer",
+        ),
+        (
+            {"id": "o", "total": 1, "currency": "EUR", "lines": [{"sku": "a"}]},
+            "lines[0]",
+            "needs a unitPrice or a lineTotal",
+        ),
+        (
+            {"id": "o", "total": 1, "currency": "EUR", "lines": [{"sku": "a", "price": "nan"}]},
+            "lines[0].unitPrice",
+            "finite",
+        ),
+        (
+            {"id": "o", "total": 1, "currency": "EUR", "lines": [{"sku": "a", "line_total": -3}]},
+            "lines[0].lineTotal",
+            ">= 0",
+        ),
+    ],
+)
+def test_invalid_orders_raise_a_clear_error_naming_order_and_field(order, field, words):
+    with pytest.raises(InvalidOrder) as caught:
+        payload(order, {"a": "1"})
+    error = caught.value
+    assert isinstance(error, ValueError)
+    assert error.field == field
+    assert words in str(error)
+    if order.get("id", "").strip() if isinstance(order.get("id"), str) else order.get("id"):
+        assert "order 'o'" in str(error)
+
+
+def test_quantity_may_be_an_integral_string_or_decimal():
+    order = {
+        "id": "o",
+        "total": 30,
+        "currency": "EUR",
+        "lines": [
+            {"sku": "a", "qty": "3", "price": 10},
+            {"sku": "b", "qty": Decimal("2"), "price": 1},
+        ],
+    }
+    body = payload(order, {"a": "1", "b": "2"})
+    assert [c["quantity"] for c in body["conversions"]] == [3, 2]
+
+
+def test_floats_are_read_through_their_shortest_repr_not_binary_value():
+    # 0.1 * 3 in float is 0.30000000000000004; the payload must not see that.
+    order = {
+        "id": "o",
+        "total": 0.3,
+        "currency": "EUR",
+        "lines": [{"sku": "a", "qty": 3, "price": 0.1}],
+    }
+    body = payload(order, {"a": "1"})
+    assert body["attributedValue"] == Decimal("0.30")
+
+
+def test_dumps_refuses_float_money():
+    with pytest.raises(TypeError):
+        dumps_payload({"orderValue": 1.5})
+
+
+amounts = st.decimals(
+    min_value=0, max_value=10_000, places=2, allow_nan=False, allow_infinity=False
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(1, 5), amounts), max_size=8),
+    total=amounts,
+    clicked=st.sets(st.sampled_from("abcdef")),
+    currency=st.sampled_from(["EUR", "JPY", "KWD", "USD"]),
+)
+def test_attribution_invariants_hold_for_any_order(lines, total, clicked, currency):
+    order = {
+        "id": "o",
+        "total": total,
+        "currency": currency,
+        "lines": [{"sku": s, "qty": q, "price": p} for s, q, p in lines],
+    }
+    body = payload(order, {key: f"log-{key}" for key in clicked})
+    entries = body["conversions"]
+    assert body["attributedValue"] <= body["orderValue"]
+    assert sum((e["lineTotal"] for e in entries), Decimal(0)) == body["attributedValue"]
+    assert all(e["lineTotal"] >= 0 for e in entries)
+    assert {e["productId"] for e in entries} == clicked & {s for s, _, _ in lines}
+    exponent = body["orderValue"].as_tuple().exponent
+    assert all(e["lineTotal"].as_tuple().exponent == exponent for e in entries)
+    back = loads_payload(dumps_payload(body))
+    assert Decimal(back["orderValue"]) == body["orderValue"]
+    assert [Decimal(e["lineTotal"]) for e in back["conversions"]] == [
+        e["lineTotal"] for e in entries
+    ]
