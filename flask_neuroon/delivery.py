@@ -1,0 +1,65 @@
+"""The handle ``track_conversion`` returns: what happened to one conversion.
+
+=============  ====================================================================
+status         meaning
+=============  ====================================================================
+``pending``    queued, no attempt finished yet
+``sent``       the API recorded it
+``duplicate``  not sent again: this order was tracked before (or the API had it)
+``retrying``   an attempt failed; the outbox will try again on the schedule
+``dead``       gave up: a dead letter, see ``flask neuroon outbox``
+``failed``     the outbox is off (or unreachable) and the one attempt failed
+``disabled``   tracking is off (NEUROON_ENABLED, or a key is missing)
+``invalid``    the order cannot be sent (the error says which field)
+``skipped``    no line was clicked and NEUROON_SEND_UNATTRIBUTED is false
+``dropped``    the outbox is off and the in-memory queue was full
+=============  ====================================================================
+"""
+
+from __future__ import annotations
+
+import threading
+
+PENDING = "pending"
+#: Statuses after which nothing more will happen to this conversion in this process.
+FINAL = frozenset(
+    {"sent", "duplicate", "dead", "failed", "disabled", "invalid", "skipped", "dropped"}
+)
+
+
+class Delivery:
+    __slots__ = ("__weakref__", "_done", "_error", "_status", "order_id")
+
+    def __init__(self, order_id: str | None, status: str = PENDING, error: str | None = None):
+        self.order_id = order_id
+        self._status = status
+        self._error = error
+        self._done = threading.Event()
+        if status != PENDING:
+            self._done.set()
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @property
+    def error(self) -> str | None:
+        """Why it was not sent (the API's message, the invalid field), if it was not."""
+        return self._error
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until an attempt has finished (or ``timeout``); return the status."""
+        self._done.wait(timeout)
+        return self._status
+
+    def _update(self, status: str, error: str | None = None) -> None:
+        self._status = status
+        self._error = error
+        if status != PENDING:
+            self._done.set()
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.order_id!r} {self._status}>"
+
+
+__all__ = ["FINAL", "PENDING", "Delivery"]
