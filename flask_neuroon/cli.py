@@ -1,0 +1,145 @@
+"""``flask neuroon …``: look after the outbox from a shell or cron.
+
+Installed as a ``flask.commands`` entry point, so every Flask app that calls
+``neuroon.init_app`` gets it. The API key is never printed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from .storage.base import DEAD, OutboxRow
+
+
+def _state() -> Any:
+    state = current_app.extensions.get("neuroon")
+    if state is None:
+        raise click.ClickException(
+            "flask-neuroon is not initialised on this app: call neuroon.init_app(app)."
+        )
+    return state
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+@click.group("neuroon", help="Neuroon conversion tracking: the outbox and the configuration.")
+def neuroon_cli() -> None:
+    pass
+
+
+@neuroon_cli.command("flush", help="Send every conversion that is due now (for cron).")
+@click.option("--timeout", default=60.0, show_default=True, help="Give up after this many seconds.")
+@click.option(
+    "--all",
+    "send_all",
+    is_flag=True,
+    help="Also send rows still waiting for their retry time (after an outage).",
+)
+@with_appcontext
+def flush_command(timeout: float, send_all: bool) -> None:
+    state = _state()
+    if not state.settings.active:
+        raise click.ClickException(
+            f"tracking is off: {state.settings.disabled_reason or 'NEUROON_ENABLED is false'}"
+        )
+    if state.outbox is None:
+        click.echo("NEUROON_OUTBOX is off: there is no outbox to flush.")
+        return
+    if send_all:
+        state.storage.make_due(time.time())
+    before = dict(state.outcomes)
+    left = state.dispatcher.flush(timeout)
+    done = {key: state.outcomes[key] - before.get(key, 0) for key in state.outcomes}
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(done.items()) if count)
+    click.echo(f"flushed: {summary or 'nothing was due'}; still due: {left}")
+
+
+def _show(row: OutboxRow) -> str:
+    return (
+        f"  {row.order_id}  attempts={row.attempts}  created={_when(row.created_at)}\n"
+        f"      last error: {row.last_error or '-'}"
+    )
+
+
+@neuroon_cli.command("outbox", help="Counts by state, the oldest pending age, the dead letters.")
+@click.option("--limit", default=20, show_default=True, help="Dead letters to list.")
+@with_appcontext
+def outbox_command(limit: int) -> None:
+    state = _state()
+    stats = state.outbox.stats() if state.outbox else None
+    if stats is None:
+        click.echo("NEUROON_OUTBOX is off.")
+        return
+    click.echo(f"storage: {state.storage.display_uri}")
+    click.echo(
+        f"pending: {stats.pending} (due now: {stats.due}, oldest: {_age(stats.oldest_pending_age)})"
+    )
+    click.echo(f"sent: {stats.sent}")
+    click.echo(f"dead: {stats.dead}")
+    dead = cast(list[OutboxRow], state.storage.rows(DEAD, limit))
+    if dead:
+        click.echo(
+            "dead letters (retry with `flask neuroon retry ID`, drop with `flask neuroon drop ID`):"
+        )
+        for row in dead:
+            click.echo(_show(row))
+
+
+@neuroon_cli.command("retry", help="Send a dead letter again, now.")
+@click.argument("order_id")
+@with_appcontext
+def retry_command(order_id: str) -> None:
+    state = _state()
+    if state.outbox is None or not state.storage.requeue(order_id, time.time()):
+        raise click.ClickException(f"no dead letter {order_id!r} in the outbox")
+    status = state.courier.deliver_id(order_id)
+    row = state.storage.get(order_id)
+    click.echo(f"{order_id}: {status or 'queued'}")
+    if row is not None and row.last_error and status != "sent":
+        click.echo(f"  last error: {row.last_error}")
+
+
+@neuroon_cli.command("drop", help="Delete a dead letter for good.")
+@click.argument("order_id")
+@with_appcontext
+def drop_command(order_id: str) -> None:
+    state = _state()
+    if state.outbox is None or not state.storage.delete(order_id, DEAD):
+        raise click.ClickException(f"no dead letter {order_id!r} in the outbox")
+    click.echo(f"{order_id}: dropped")
+
+
+@neuroon_cli.command("purge", help="Delete expired click snapshots and old sent rows.")
+@click.option(
+    "--sent-older-than",
+    "days",
+    default=30.0,
+    show_default=True,
+    help="Days to keep sent rows (their order ids guard against sending twice).",
+)
+@with_appcontext
+def purge_command(days: float) -> None:
+    state = _state()
+    now = time.time()
+    snapshots = state.storage.purge_snapshots(now)
+    sent = state.storage.purge_sent(now - days * 86400)
+    click.echo(f"purged: {snapshots} expired snapshots, {sent} sent rows older than {days:g} days")

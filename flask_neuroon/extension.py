@@ -1,0 +1,432 @@
+"""The Flask extension: configuration, request-scoped clicks, snapshots, tracking, decorators.
+
+Only this module knows Flask (with ``cli.py``). It wires the layers below it together:
+the middleware for the click map, the pure payload builder, the outbox on a storage
+backend, a dispatcher and the HTTP client. Per-app state lives in
+``app.extensions["neuroon"]``; the :class:`Neuroon` object itself holds no app.
+
+Rule: nothing here raises into the shop's request because of tracking. Storage and
+network failures are logged and signalled; an invalid order is logged with its id.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import weakref
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
+
+from flask import Flask, current_app, has_request_context, request
+from flask.typing import ResponseReturnValue
+
+from . import _fork
+from .client import NeuroonClient, SendResult
+from .config import Secret, Settings
+from .conversion import build_payload, dumps_payload
+from .delivery import Delivery
+from .dispatch import Courier, Dispatcher, SyncDispatcher, ThreadDispatcher
+from .errors import InvalidOrder, StorageError
+from .middleware import ClickMapMiddleware, clicks_from_environ
+from .orders import OrderAdapter, adapt_order, order_id_of
+from .outbox import Outbox
+from .signals import (
+    clicks_persisted,
+    conversion_failed,
+    conversion_queued,
+    conversion_sent,
+    storage_failed,
+)
+from .storage import Storage, storage_from_uri
+
+logger = logging.getLogger("flask_neuroon")
+
+F = TypeVar("F", bound=Callable[..., Any])
+OrderIdSource = str | Callable[[], Any]
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+#: Order ids remembered for once-only sending when the outbox is off or unreachable.
+_RECENT_LIMIT = 10_000
+#: Seconds between purges of expired snapshots by the in-process sweeper.
+_PURGE_EVERY = 3600.0
+
+
+class _State:
+    """One app's configured pieces: ``app.extensions["neuroon"]``."""
+
+    def __init__(self, app: Flask, settings: Settings, adapters: list[OrderAdapter]) -> None:
+        self.settings = settings
+        self.adapters = adapters
+        self._app = weakref.ref(app)
+        self.storage: Storage = storage_from_uri(
+            settings.storage_uri, instance_path=app.instance_path
+        )
+        _fork.register(self.storage)  # type: ignore[arg-type]
+        self.outbox: Outbox | None = None
+        if settings.outbox:
+            self.outbox = Outbox(
+                self.storage,
+                retry_schedule=settings.retry_schedule,
+                max_attempts=settings.max_attempts,
+                lease_seconds=settings.lease_seconds,
+            )
+        self.client = NeuroonClient(
+            settings.endpoint,
+            api_key=settings.api_key or Secret(""),  # no key: tracking is inactive
+            origin=settings.origin or "",
+            timeout=settings.timeout,
+        )
+        _fork.register(self.client)
+        self.courier = Courier(self.client, self.outbox, self.report)
+        self.dispatcher: Dispatcher
+        if settings.dispatch == "sync":
+            self.dispatcher = SyncDispatcher(self.courier)
+        else:
+            self.dispatcher = ThreadDispatcher(
+                self.courier,
+                workers=settings.max_workers,
+                max_pending=settings.max_pending,
+                flush_interval=settings.flush_interval,
+                shutdown_timeout=settings.shutdown_timeout,
+                on_sweep=self._on_sweep,
+            )
+        self.deliveries: weakref.WeakValueDictionary[str, Delivery] = weakref.WeakValueDictionary()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._last_purge = 0.0
+        #: Outcomes of delivery attempts made by this process, by status (for the CLI).
+        self.outcomes: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"<NeuroonState shop={self.settings.shop_id!r} storage={self.storage!r}>"
+
+    @property
+    def app(self) -> Flask | None:
+        return self._app()
+
+    # --- reporting -------------------------------------------------------------------
+
+    def signal(self, signal: Any, **kwargs: Any) -> None:
+        app = self._app()
+        if app is None or not signal.receivers:
+            return
+        try:
+            signal.send(app, **kwargs)
+        except Exception:
+            logger.exception("flask-neuroon: a receiver of %s raised", signal.name)
+
+    def storage_failed(self, operation: str, error: StorageError) -> None:
+        logger.warning("flask-neuroon: %s failed: %s", operation, error)
+        self.signal(storage_failed, operation=operation, error=error)
+
+    def report(self, order_id: str, status: str, result: SendResult | None) -> None:
+        """Called after every delivery attempt, in the thread that made it."""
+        reason = result.message if result is not None else None
+        with self._recent_lock:
+            self.outcomes[status] += 1
+        delivery = self.deliveries.get(order_id)
+        if delivery is not None:
+            delivery._update(status, None if status in ("sent", "duplicate") else reason)
+        if status in ("sent", "duplicate"):
+            logger.debug("flask-neuroon: order %s delivered (%s)", order_id, status)
+            self.signal(conversion_sent, order_id=order_id, status=status)
+        elif status in ("retrying", "dead", "failed"):
+            will_retry = status == "retrying"
+            log = logger.warning if will_retry else logger.error
+            log(
+                "flask-neuroon: order %s not delivered (%s)%s: %s",
+                order_id,
+                status,
+                ", will retry" if will_retry else "",
+                reason or "no answer recorded",
+            )
+            self.signal(
+                conversion_failed,
+                order_id=order_id,
+                status=status,
+                reason=reason,
+                will_retry=will_retry,
+            )
+
+    def _on_sweep(self) -> None:
+        now = time.time()
+        if now - self._last_purge >= _PURGE_EVERY:
+            self._last_purge = now
+            try:
+                self.storage.purge_snapshots(now)
+            except StorageError as exc:
+                self.storage_failed("purging snapshots", exc)
+
+    # --- once-only without an outbox ---------------------------------------------------
+
+    def first_time(self, order_id: str) -> bool:
+        """Remember ``order_id``; False if it was seen recently in this process."""
+        with self._recent_lock:
+            if order_id in self._recent:
+                return False
+            self._recent[order_id] = None
+            if len(self._recent) > _RECENT_LIMIT:
+                self._recent.popitem(last=False)
+            return True
+
+    def _after_fork(self) -> None:
+        self._recent_lock = threading.Lock()
+
+
+class Neuroon:
+    """Server-side conversion tracking for the Neuroon search widget.
+
+    ``Neuroon(app)`` or ``neuroon = Neuroon(); neuroon.init_app(app)``. See the README for
+    the configuration keys.
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, order_adapters: list[OrderAdapter] | None = None
+    ):
+        self._adapters: list[OrderAdapter] = list(order_adapters or ())
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        return f"<Neuroon adapters={len(self._adapters)}>"
+
+    def init_app(self, app: Flask) -> None:
+        """Validate ``NEUROON_*`` config, install the middleware, keep state on the app.
+
+        Raises :class:`~flask_neuroon.ConfigurationError` for a malformed value; a missing
+        shop id, API key or Origin disables tracking with one warning instead.
+        """
+        if "neuroon" in app.extensions:
+            raise RuntimeError(
+                "A 'Neuroon' instance has already been registered on this Flask app."
+                " Import and use that instance instead."
+            )
+        settings = Settings.from_config(app.config)
+        state = _State(app, settings, self._adapters)
+        _fork.register(state)
+        app.extensions["neuroon"] = state
+        app.wsgi_app = ClickMapMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app, cookie_name=settings.cookie_name
+        )
+        if settings.enabled and settings.disabled_reason:
+            logger.warning("flask-neuroon (%s): %s", app.name, settings.disabled_reason)
+        if settings.active and settings.dispatch == "thread" and settings.flush_interval:
+            # Start this worker process's sweeper with its first request: after any fork.
+            app.before_request(state.dispatcher.start)
+
+    # --- state -----------------------------------------------------------------------
+
+    @staticmethod
+    def _state() -> _State:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            return cast(_State, app.extensions["neuroon"])
+        except KeyError:
+            raise RuntimeError(
+                "flask-neuroon is not initialised on the current app: call"
+                " neuroon.init_app(app) in your app factory."
+            ) from None
+
+    def order_adapter(self, adapter: OrderAdapter) -> OrderAdapter:
+        """Register a function ``(obj) -> Order | None`` for order models of your own.
+
+        Usable as a decorator. Adapters run before the built-in spellings, in order.
+        """
+        self._adapters.append(adapter)
+        return adapter
+
+    # --- clicks ----------------------------------------------------------------------
+
+    @property
+    def clicks(self) -> Mapping[str, str]:
+        """This request's click map ``{productId: searchLogId}``; empty outside a request."""
+        if not has_request_context():
+            return _EMPTY
+        state = current_app.extensions.get("neuroon")
+        if state is None:
+            return _EMPTY
+        return clicks_from_environ(request.environ, cookie_name=state.settings.cookie_name)
+
+    def persist_before_gateway(self, order_id: Any) -> int:
+        """Snapshot this request's click map for ``order_id``; return the entries stored.
+
+        0 when there is nothing to store, tracking is off or storage failed (logged).
+        """
+        state = self._state()
+        if not state.settings.active:
+            return 0
+        key = order_id_of({"id": order_id})
+        clicks = dict(self.clicks)
+        if key is None or not clicks:
+            return 0
+        try:
+            state.storage.put_snapshot(key, clicks, time.time() + state.settings.snapshot_ttl)
+        except StorageError as exc:
+            state.storage_failed(f"saving the clicks of order {key}", exc)
+            return 0
+        state.signal(clicks_persisted, order_id=key, count=len(clicks))
+        return len(clicks)
+
+    def clicks_for(self, order_id: Any) -> dict[str, str]:
+        """The clicks to attribute ``order_id`` with: its snapshot, overlaid with this
+        request's cookie (the cookie wins). The snapshot is deleted as it is read."""
+        state = self._state()
+        cookie = dict(self.clicks)
+        key = order_id_of({"id": order_id})
+        snapshot: dict[str, str] | None = None
+        if key is not None and state.settings.active:
+            try:
+                snapshot = state.storage.take_snapshot(key, time.time())
+            except StorageError as exc:
+                state.storage_failed(f"reading the clicks of order {key}", exc)
+        return {**(snapshot or {}), **cookie}
+
+    # --- payload and delivery ----------------------------------------------------------
+
+    def build_payload(self, order: Any, clicks: Mapping[str, str]) -> dict[str, Any]:
+        """The wire contract's body for ``order`` (pure). Raises InvalidOrder."""
+        return build_payload(adapt_order(order, self._adapters), clicks)
+
+    def track_conversion(self, order: Any, clicks: Mapping[str, str] | None = None) -> Delivery:
+        """Queue ``order`` for delivery and return at once; never raises for tracking.
+
+        ``clicks`` defaults to :meth:`clicks_for` the order's id (the cookie of this
+        request, else the snapshot taken before the gateway).
+        """
+        state = self._state()
+        settings = state.settings
+        if not settings.active:
+            return Delivery(order_id_of(order), "disabled", settings.disabled_reason)
+        try:
+            adapted = adapt_order(order, state.adapters)
+        except Exception as exc:  # a shop's adapter failed: their bug, not the checkout's
+            logger.exception("flask-neuroon: adapting order %s failed", order_id_of(order))
+            return Delivery(order_id_of(order), "invalid", str(exc))
+        order_id = order_id_of(adapted)
+        if order_id is not None and state.outbox is not None:
+            try:
+                if state.storage.get(order_id) is not None:
+                    return Delivery(order_id, "duplicate")
+            except StorageError as exc:
+                state.storage_failed(f"looking up order {order_id}", exc)
+        try:
+            if clicks is None:
+                clicks = self.clicks_for(order_id) if order_id is not None else {}
+            payload = build_payload(adapted, clicks)
+        except InvalidOrder as exc:
+            logger.error("flask-neuroon: order %s not tracked: %s", exc.order_id or order_id, exc)
+            return Delivery(order_id, "invalid", str(exc))
+        order_id = payload["orderId"]
+        if not payload["conversions"] and not settings.send_unattributed:
+            return Delivery(order_id, "skipped")
+        return self._enqueue(state, order_id, payload)
+
+    def _enqueue(self, state: _State, order_id: str, payload: dict[str, Any]) -> Delivery:
+        body = dumps_payload(payload)
+        delivery = Delivery(order_id)
+        if state.outbox is not None:
+            try:
+                added = state.outbox.add(order_id, body)
+            except StorageError as exc:
+                state.storage_failed(f"queueing order {order_id}; sending it directly", exc)
+            else:
+                if not added:
+                    return Delivery(order_id, "duplicate")
+                state.signal(conversion_queued, order_id=order_id, payload=payload)
+                state.deliveries[order_id] = delivery
+                state.dispatcher.submit_id(order_id)  # full queue: the row waits in the outbox
+                return delivery
+        if not state.first_time(order_id):
+            return Delivery(order_id, "duplicate")
+        state.signal(conversion_queued, order_id=order_id, payload=payload)
+        state.deliveries[order_id] = delivery
+        if not state.dispatcher.submit_direct(order_id, body):
+            logger.error("flask-neuroon: order %s dropped: the send queue is full", order_id)
+            delivery._update("dropped", "the in-memory send queue is full")
+        return delivery
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` seconds for queued and due sends.
+
+        Returns how many conversions are still pending: in flight, or waiting in the outbox
+        for a retry time (it does not wait for those). 0 means all were delivered or dead.
+        """
+        state = self._state()
+        if not state.settings.active:
+            return 0
+        return state.dispatcher.flush(timeout)
+
+    def shutdown(self, timeout: float = 0.0) -> None:
+        """Stop this app's sender threads (after up to ``timeout`` seconds of flushing) and
+        close its storage connections in this process. Pending rows stay in the outbox.
+        Called at interpreter exit anyway; use it in tests and embedded servers."""
+        state = self._state()
+        state.dispatcher.close(timeout)
+        state.storage.close()
+
+    # --- decorators ------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_order_id(source: OrderIdSource, view_kwargs: Mapping[str, Any]) -> Any:
+        if callable(source):
+            return source()
+        if source in view_kwargs:
+            return view_kwargs[source]
+        return request.values.get(source)
+
+    @staticmethod
+    def _after_success(
+        action: Callable[[Any], object], order_id: OrderIdSource, failure: str
+    ) -> Callable[[F], F]:
+        """Wrap a view: after it answers below 400, run ``action(order id)``; never raise."""
+
+        def decorator(view: F) -> F:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                response = current_app.make_response(
+                    cast(ResponseReturnValue, current_app.ensure_sync(view)(*args, **kwargs))
+                )
+                if response.status_code < 400:
+                    try:
+                        action(Neuroon._resolve_order_id(order_id, kwargs))
+                    except Exception:
+                        logger.exception("flask-neuroon: %s failed", failure)
+                return response
+
+            return cast(F, wrapper)
+
+        return decorator
+
+    def before_gateway(self, order_id: OrderIdSource = "order_id") -> Callable[[F], F]:
+        """Snapshot the clicks after the view answers without error (a redirect, a page).
+
+        ``order_id`` is the name of a view argument (or, failing that, a form or query
+        field), or a callable with no arguments that returns the id.
+        """
+        return self._after_success(
+            self.persist_before_gateway, order_id, "persisting clicks before the gateway"
+        )
+
+    def on_order_confirmed(
+        self, load_order: Callable[[Any], Any], order_id: OrderIdSource = "order_id"
+    ) -> Callable[[F], F]:
+        """Track the order after the view answers without error.
+
+        ``load_order(order_id)`` returns the shop's order (or None: nothing to track).
+        """
+
+        def track(key: Any) -> None:
+            order = load_order(key) if key is not None else None
+            if order is None:
+                logger.warning("flask-neuroon: no order %r to track", key)
+            else:
+                self.track_conversion(order)
+
+        return self._after_success(track, order_id, "tracking the confirmed order")
+
+
+__all__ = ["Neuroon"]

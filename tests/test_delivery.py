@@ -1,0 +1,265 @@
+"""Delivery through the outbox: retries, dead letters, the CLI, an API that is down or slow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from decimal import Decimal
+
+import pytest
+
+from flask_neuroon.cli import neuroon_cli
+from flask_neuroon.storage import DEAD, SENT
+from flask_neuroon.testing import FakeNeuroonAPI
+
+from .conftest import API_KEY, AppFactory
+from .shop import add_checkout_routes, make_order, set_clicks
+
+
+def cli(app, *args: str):
+    result = app.test_cli_runner().invoke(neuroon_cli, list(args), catch_exceptions=False)
+    return result
+
+
+def test_api_down_then_flush_after_recovery_delivers(api: FakeNeuroonAPI, make_app: AppFactory):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="thread", NEUROON_RETRY_SCHEDULE=(0.5,))
+    add_checkout_routes(app, neuroon)
+    api.stop()  # connection refused, as when the API is down
+    make_order("DOWN-1")
+    client = app.test_client()
+    set_clicks(client, {"SKU-RED": "r"})
+    started = time.perf_counter()
+    assert client.post("/payment/return", data={"order": "DOWN-1"}).status_code == 200
+    assert time.perf_counter() - started < 0.5  # the view does not wait for the API
+    with app.app_context():
+        neuroon.flush(5)
+    row = app.extensions["neuroon"].storage.get("DOWN-1")
+    assert row.state == "pending" and row.attempts == 1
+    assert row.last_error == "connection error: [Errno 111] Connection refused"
+    api.start()
+    time.sleep(0.5)
+    result = cli(app, "flush")
+    assert result.exit_code == 0
+    assert "1 sent" in result.output and "still due: 0" in result.output
+    assert api.received_count("DOWN-1") == 1
+    assert api.conversions[0].attributed_value == Decimal("39.98")
+
+
+def test_flush_all_sends_rows_still_waiting_for_their_backoff(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_RETRY_SCHEDULE=(3600,))
+    api.fail(1, status=503)
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("ALL-1"), clicks={}).status == "retrying"
+    assert "nothing was due" in cli(app, "flush").output
+    result = cli(app, "flush", "--all")
+    assert "1 sent" in result.output
+    assert len(api.conversions) == 1
+
+
+def test_after_the_last_attempt_it_is_a_dead_letter_and_retry_sends_it(api, make_app):
+    app, neuroon = make_app(
+        api, NEUROON_DISPATCH="sync", NEUROON_MAX_ATTEMPTS=3, NEUROON_RETRY_SCHEDULE=(0,)
+    )
+    api.fail(10, status=503)
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("DL-1"), clicks={"SKU-RED": "r"})
+        assert delivery.status == "retrying"
+        neuroon.flush(5)
+    assert delivery.status == "dead"
+    assert api.received_count("DL-1") == 3
+    out = cli(app, "outbox").output
+    assert "dead: 1" in out and "DL-1" in out and "attempts=3" in out and "HTTP 503" in out
+    api.clear_faults()
+    result = cli(app, "retry", "DL-1")
+    assert result.exit_code == 0 and "DL-1: sent" in result.output
+    assert len(api.conversions) == 1
+    assert "dead: 0" in cli(app, "outbox").output
+    assert cli(app, "retry", "DL-1").exit_code != 0  # not a dead letter any more
+
+
+def test_drop_deletes_a_dead_letter(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    api.fail(1, status=422)
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("DR-1"), clicks={}).status == "dead"
+    assert "DR-1: dropped" in cli(app, "drop", "DR-1").output
+    assert app.extensions["neuroon"].storage.get("DR-1") is None
+    result = cli(app, "drop", "DR-1")
+    assert result.exit_code != 0 and "no dead letter 'DR-1'" in result.output
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_other_4xx_is_a_dead_letter_at_once_with_the_apis_message(api, make_app, status):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    api.fail(1, status=status, body='{"error": "Invalid API key"}')
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order(f"R-{status}"), clicks={})
+    assert delivery.status == "dead"
+    row = app.extensions["neuroon"].storage.get(f"R-{status}")
+    assert row.state == DEAD and row.attempts == 1
+    assert row.last_error == f"HTTP {status}: Invalid API key"
+
+
+def test_real_rejection_by_the_api_names_the_problem(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_API_KEY="sk_wrong_key_123")
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("AUTH-1"), clicks={})
+    assert delivery.status == "dead"
+    assert delivery.error == "HTTP 401: Invalid API key"
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried_then_delivered(api, make_app, status):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_RETRY_SCHEDULE=(0,))
+    api.fail(2, status=status)
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order(f"T-{status}"), clicks={})
+        assert delivery.status == "retrying"
+        neuroon.flush(5)
+    assert delivery.status == "sent"
+    assert api.received_count(f"T-{status}") == 3
+    row = app.extensions["neuroon"].storage.get(f"T-{status}")
+    assert row.state == SENT and row.attempts == 3
+
+
+def test_retry_after_is_honoured(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_RETRY_SCHEDULE=(0,))
+    api.fail(1, status=429, retry_after=120)
+    before = time.time()
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("RA-1"), clicks={}).status == "retrying"
+        started = time.perf_counter()
+        assert neuroon.flush(1) == 1  # still pending, but flush does not wait for it
+        assert time.perf_counter() - started < 0.5
+    row = app.extensions["neuroon"].storage.get("RA-1")
+    assert 119 <= row.next_attempt_at - before <= 122
+    assert api.received_count("RA-1") == 1
+
+
+def test_retry_schedule_spaces_the_attempts(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_RETRY_SCHEDULE="300, 600")
+    api.fail(1, status=500)
+    before = time.time()
+    with app.app_context():
+        neuroon.track_conversion(make_order("RS-1"), clicks={})
+    row = app.extensions["neuroon"].storage.get("RS-1")
+    assert 299 <= row.next_attempt_at - before <= 302
+
+
+def test_409_means_the_api_already_has_it(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    app2, neuroon2 = make_app(api, NEUROON_DISPATCH="sync", NEUROON_STORAGE_URI="memory://")
+    with app2.app_context():
+        assert neuroon2.track_conversion(make_order("DUP-1"), clicks={}).status == "sent"
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("DUP-1"), clicks={}).status == "duplicate"
+    assert app.extensions["neuroon"].storage.get("DUP-1").state == SENT
+
+
+def test_a_dropped_connection_is_retried(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_RETRY_SCHEDULE=(0,))
+    api.drop(1)
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("DROP-1"), clicks={})
+        assert delivery.status == "retrying"
+        neuroon.flush(5)
+    assert delivery.status == "sent"
+    assert len(api.conversions) == 1
+
+
+def test_slow_api_does_not_slow_the_view_and_flush_is_bounded(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="thread", NEUROON_TIMEOUT=(1, 3))
+    add_checkout_routes(app, neuroon)
+    api.slow(2.0)
+    make_order("SLOW-1")
+    started = time.perf_counter()
+    assert app.test_client().post("/payment/return", data={"order": "SLOW-1"}).status_code == 200
+    assert time.perf_counter() - started < 0.5
+    with app.app_context():
+        started = time.perf_counter()
+        left = neuroon.flush(0.3)
+        assert time.perf_counter() - started < 1.0
+        assert left == 1
+        assert neuroon.flush(10) == 0
+    assert api.received_count("SLOW-1") == 1
+
+
+def test_read_timeout_is_retried_and_the_server_deduplicates(api, make_app):
+    app, neuroon = make_app(
+        api, NEUROON_DISPATCH="sync", NEUROON_TIMEOUT=(1, 0.3), NEUROON_RETRY_SCHEDULE=(0,)
+    )
+    api.slow(0.6, times=1)
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("TO-1"), clicks={})
+        assert delivery.status == "retrying"
+        time.sleep(0.5)  # the slow answer lands at the server meanwhile
+        neuroon.flush(5)
+    assert delivery.status == "duplicate"  # 409: the first send did arrive
+    assert len(api.conversions) == 1
+
+
+def test_without_outbox_it_is_plain_fire_and_forget(api, make_app, tmp_path):
+    app, neuroon = make_app(api, NEUROON_OUTBOX=False, NEUROON_DISPATCH="thread")
+    with app.app_context():
+        first = neuroon.track_conversion(make_order("NO-1"), clicks={"SKU-RED": "x"})
+        assert neuroon.track_conversion(make_order("NO-1")).status == "duplicate"
+        assert first.wait(5) == "sent"
+        api.fail(1, status=503)
+        assert neuroon.track_conversion(make_order("NO-2"), clicks={}).wait(5) == "failed"
+        neuroon.flush(2)
+    assert api.received_count("NO-1") == 1
+    assert api.received_count("NO-2") == 1  # one attempt, no retry
+    result = cli(app, "outbox")
+    assert "NEUROON_OUTBOX is off" in result.output
+
+
+def test_storage_outage_still_sends_directly_and_checkout_succeeds(api, make_app, caplog, tmp_path):
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where a directory should be")
+    app, neuroon = make_app(
+        api, NEUROON_DISPATCH="sync", NEUROON_STORAGE_URI=f"sqlite:///{blocker}/db.sqlite3"
+    )
+    add_checkout_routes(app, neuroon)
+    make_order("SO-1")
+    client = app.test_client()
+    set_clicks(client, {"SKU-RED": "r"})
+    assert client.post("/checkout/SO-1/pay").status_code == 302  # snapshot fails, logged
+    assert client.post("/payment/return", data={"order": "SO-1"}).status_code == 200
+    assert api.received_count("SO-1") == 1
+    assert api.conversions[0].attributed_value == Decimal("39.98")  # the cookie still came
+    assert "saving the clicks of order SO-1 failed" in caplog.text
+    assert "queueing order SO-1; sending it directly failed" in caplog.text
+
+
+def test_the_api_key_never_appears_in_logs_reprs_or_cli(api, make_app, caplog):
+    caplog.set_level(logging.DEBUG)
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_RETRY_SCHEDULE=(0,))
+    state = app.extensions["neuroon"]
+    api.fail(1, status=500)
+    api.fail(1, status=401)
+    with app.app_context():
+        neuroon.track_conversion(make_order("K-1"), clicks={})
+        neuroon.flush(2)
+    outputs = [cli(app, "outbox").output, cli(app, "flush").output]
+    texts = [
+        caplog.text,
+        repr(state),
+        repr(state.settings),
+        repr(state.client),
+        repr(neuroon),
+        str(state.settings),
+        *outputs,
+    ]
+    for text in texts:
+        assert API_KEY not in text
+    assert "HTTP 401" in outputs[0]
+
+
+def test_purge_removes_expired_snapshots_and_old_sent_rows(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    state = app.extensions["neuroon"]
+    with app.app_context():
+        neuroon.track_conversion(make_order("P-1"), clicks={})
+    state.storage.put_snapshot("gone", {"a": "b"}, time.time() - 1)
+    assert "1 expired snapshots, 0 sent rows" in cli(app, "purge").output
+    assert "0 expired snapshots, 1 sent rows" in cli(app, "purge", "--sent-older-than", "0").output

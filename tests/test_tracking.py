@@ -1,0 +1,338 @@
+"""From the click cookie to a conversion at the (fake) API, as a shop sees it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from decimal import Decimal
+
+import pytest
+
+from flask_neuroon import Delivery, Neuroon
+from flask_neuroon.client import USER_AGENT
+from flask_neuroon.signals import (
+    clicks_persisted,
+    conversion_failed,
+    conversion_queued,
+    conversion_sent,
+)
+from flask_neuroon.testing import FakeNeuroonAPI
+
+from .conftest import API_KEY, ORIGIN, AppFactory
+from .shop import ORDERS, add_checkout_routes, make_order, set_clicks
+
+
+@pytest.fixture(params=["sync", "thread"])
+def dispatch(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def checkout(app, neuroon, order_id: str, clicks: dict[str, str]) -> None:
+    """Shopper clicks, pays at the gateway, comes back by a cross-site POST without the cookie."""
+    make_order(order_id)
+    client = app.test_client()
+    set_clicks(client, clicks)
+    response = client.post(f"/checkout/{order_id}/pay")
+    assert response.status_code == 302
+    # The gateway's return is cross-site: the browser drops the SameSite=Lax cookie.
+    gateway = app.test_client()
+    response = gateway.post("/payment/return", data={"order": order_id})
+    assert response.status_code == 200
+    assert response.data == b"thank you"
+    assert "neuroon" not in response.headers.get("Set-Cookie", "")
+
+
+def test_clicked_line_is_attributed_through_the_gateway_round_trip(
+    api: FakeNeuroonAPI, make_app: AppFactory, dispatch: str
+):
+    app, neuroon = make_app(api, NEUROON_DISPATCH=dispatch)
+    add_checkout_routes(app, neuroon)
+    checkout(app, neuroon, "ORD-1", {"SKU-RED": "log-red", "SKU-ELSE": "log-else"})
+    with app.app_context():
+        assert neuroon.flush(5) == 0
+    [request] = api.requests
+    assert request.json == {
+        "orderId": "ORD-1",
+        "orderValue": Decimal("64.97"),
+        "attributedValue": Decimal("39.98"),
+        "currency": "EUR",
+        "conversions": [
+            {
+                "productId": "SKU-RED",
+                "searchLogId": "log-red",
+                "quantity": 2,
+                "lineTotal": Decimal("39.98"),
+            }
+        ],
+    }
+    assert request.body.decode().count("39.98") == 2  # JSON numbers, exact
+    assert request.header("X-Shop-API-Key") == API_KEY
+    assert request.header("Origin") == ORIGIN
+    assert request.header("Content-Type") == "application/json"
+    assert request.header("User-Agent") == USER_AGENT
+    assert request.path == "/api/plugin/shops/shop_test/track/conversion"
+    assert request.status == 200
+    [conversion] = api.conversions
+    assert conversion.attributed_value == Decimal("39.98")
+
+
+def test_confirming_the_same_order_twice_sends_it_once(
+    api: FakeNeuroonAPI, make_app: AppFactory, dispatch: str
+):
+    app, neuroon = make_app(api, NEUROON_DISPATCH=dispatch)
+    add_checkout_routes(app, neuroon)
+    make_order("ORD-2")
+    client = app.test_client()
+    set_clicks(client, {"SKU-RED": "log"})
+    for _ in range(3):
+        assert client.post("/payment/return", data={"order": "ORD-2"}).status_code == 200
+    with app.app_context():
+        again = neuroon.track_conversion(ORDERS["ORD-2"])
+        assert again.status == "duplicate"
+        neuroon.flush(5)
+    assert api.received_count("ORD-2") == 1
+
+
+def test_track_conversion_returns_a_delivery_that_reports_sent(api, make_app, dispatch):
+    app, neuroon = make_app(api, NEUROON_DISPATCH=dispatch)
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("ORD-3"), clicks={"SKU-BLUE": "b"})
+        assert isinstance(delivery, Delivery)
+        assert delivery.wait(5) == "sent"
+        assert delivery.error is None
+    assert api.conversions[0].attributed_value == Decimal("24.99")
+
+
+def test_error_response_of_the_view_tracks_nothing(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    add_checkout_routes(app, neuroon)
+    make_order("ORD-4")
+    assert app.test_client().post("/broken/return", data={"order": "ORD-4"}).status_code == 402
+    assert api.requests == []
+
+
+def test_unknown_order_in_the_confirm_view_is_logged_and_the_page_still_renders(
+    api, make_app, caplog
+):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    add_checkout_routes(app, neuroon)
+    response = app.test_client().post("/payment/return", data={"order": "nope"})
+    assert response.status_code == 200
+    assert "no order 'nope' to track" in caplog.text
+    assert api.requests == []
+
+
+def test_missing_order_field_in_the_confirm_view_is_logged_not_a_500(api, make_app, caplog):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    add_checkout_routes(app, neuroon)
+    response = app.test_client().post("/payment/return", data={})
+    assert response.status_code == 200
+    assert "tracking the confirmed order failed" in caplog.text
+
+
+def test_invalid_order_is_logged_with_its_id_and_never_raised(api, make_app, caplog):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    with app.app_context():
+        delivery = neuroon.track_conversion({"id": "BAD-1", "total": -5, "currency": "EUR"})
+    assert delivery.status == "invalid"
+    assert "orderValue must be >= 0: refunds use a different endpoint" in (delivery.error or "")
+    assert "BAD-1" in caplog.text and "refunds use a different endpoint" in caplog.text
+    assert api.requests == []
+
+
+def test_an_adapter_that_raises_is_logged_as_invalid(api, make_app, caplog):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+
+    @neuroon.order_adapter
+    def broken(obj):
+        raise KeyError("total")
+
+    with app.app_context():
+        assert neuroon.track_conversion({"id": "X"}).status == "invalid"
+    assert "adapting order X failed" in caplog.text
+
+
+def test_a_shop_adapter_reads_its_own_model(api, make_app):
+    from flask_neuroon import Order, OrderLine
+
+    class Basket:
+        ref = "B-9"
+        grand = "12.00"
+        lines = (("P-1", 3, "4.00"),)
+
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+
+    @neuroon.order_adapter
+    def basket(obj):
+        if not isinstance(obj, Basket):
+            return None
+        return Order(
+            id=obj.ref,
+            total=obj.grand,
+            currency="GBP",
+            lines=[OrderLine(product_id=p, quantity=q, unit_price=u) for p, q, u in obj.lines],
+        )
+
+    with app.app_context():
+        assert neuroon.track_conversion(Basket(), clicks={"P-1": "s"}).status == "sent"
+    assert api.conversions[0].attributed_value == Decimal("12.00")
+    assert api.conversions[0].currency == "GBP"
+
+
+def test_unattributed_orders_are_sent_with_zero_or_skipped_when_configured(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("U-1"), clicks={}).status == "sent"
+    assert api.conversions[0].attributed_value == Decimal("0.00")
+    assert api.conversions[0].conversions == []
+    app2, neuroon2 = make_app(api, NEUROON_DISPATCH="sync", NEUROON_SEND_UNATTRIBUTED=False)
+    with app2.app_context():
+        assert neuroon2.track_conversion(make_order("U-2"), clicks={}).status == "skipped"
+    assert api.received_count("U-2") == 0
+
+
+def test_disabled_tracking_stores_and_sends_nothing(api, make_app, tmp_path):
+    app, neuroon = make_app(api, NEUROON_ENABLED=False, NEUROON_DISPATCH="sync")
+    add_checkout_routes(app, neuroon)
+    checkout(app, neuroon, "D-1", {"SKU-RED": "x"})
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("D-2")).status == "disabled"
+        assert neuroon.flush(1) == 0
+    assert api.requests == []
+    assert not (tmp_path / "neuroon.sqlite3").exists()
+
+
+def test_missing_keys_warn_once_and_disable(make_app, caplog):
+    caplog.set_level(logging.WARNING, "flask_neuroon")
+    app, neuroon = make_app(None, NEUROON_API_KEY=None, NEUROON_SHOP_ID="")
+    assert caplog.text.count("NEUROON_SHOP_ID, NEUROON_API_KEY not set: tracking is disabled") == 1
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("M-1"))
+    assert delivery.status == "disabled"
+
+
+def test_snapshot_is_taken_before_the_gateway_and_consumed_on_confirm(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    received: list[dict[str, object]] = []
+    clicks_persisted.connect(lambda sender, **kw: received.append(kw), app, weak=False)
+    with app.test_request_context(
+        "/checkout/S-1/pay",
+        method="POST",
+        headers={"Cookie": "neuroon_clicks=%7B%22a%22%3A%221%22%7D"},
+    ):
+        assert neuroon.clicks == {"a": "1"}
+        assert neuroon.persist_before_gateway("S-1") == 1
+    assert received == [{"order_id": "S-1", "count": 1}]
+    with app.test_request_context("/payment/return", method="POST"):
+        assert neuroon.clicks == {}
+        assert neuroon.clicks_for("S-1") == {"a": "1"}
+        assert neuroon.clicks_for("S-1") == {}
+
+
+def test_cookie_wins_over_the_snapshot(api, make_app):
+    app, neuroon = make_app(api)
+    with app.test_request_context(headers={"Cookie": "neuroon_clicks=%7B%22a%22%3A%22old%22%7D"}):
+        neuroon.persist_before_gateway("C-1")
+    cookie = "neuroon_clicks=%7B%22a%22%3A%22new%22%2C%22b%22%3A%222%22%7D"
+    with app.test_request_context(headers={"Cookie": cookie}):
+        assert neuroon.clicks_for("C-1") == {"a": "new", "b": "2"}
+
+
+def test_empty_click_map_stores_nothing(api, make_app):
+    app, neuroon = make_app(api)
+    with app.test_request_context():
+        assert neuroon.persist_before_gateway("E-1") == 0
+    with app.test_request_context(headers={"Cookie": "neuroon_clicks=garbage"}):
+        assert neuroon.persist_before_gateway("E-1") == 0
+    state = app.extensions["neuroon"]
+    assert state.storage.take_snapshot("E-1", time.time()) is None
+
+
+def test_expired_snapshot_is_not_used(api, make_app):
+    app, neuroon = make_app(api, NEUROON_SNAPSHOT_TTL=0.2)
+    with app.test_request_context(headers={"Cookie": "neuroon_clicks=%7B%22a%22%3A%221%22%7D"}):
+        assert neuroon.persist_before_gateway("T-1") == 1
+    time.sleep(0.3)
+    with app.test_request_context():
+        assert neuroon.clicks_for("T-1") == {}
+
+
+def test_webhook_outside_any_request_uses_the_snapshot(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    with app.test_request_context(
+        headers={"Cookie": "neuroon_clicks=%7B%22SKU-RED%22%3A%22w%22%7D"}
+    ):
+        neuroon.persist_before_gateway("W-1")
+    with app.app_context():  # a webhook handler / Celery task / CLI: no request, no cookie
+        assert neuroon.clicks == {}
+        assert neuroon.track_conversion(make_order("W-1")).status == "sent"
+    assert api.conversions[0].conversions[0]["searchLogId"] == "w"
+
+
+def test_signals_report_queued_sent_and_failed(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_MAX_ATTEMPTS=1)
+    events: list[tuple[str, dict[str, object]]] = []
+    for name, signal in (
+        ("queued", conversion_queued),
+        ("sent", conversion_sent),
+        ("failed", conversion_failed),
+    ):
+        signal.connect(lambda sender, _n=name, **kw: events.append((_n, kw)), app, weak=False)
+    with app.app_context():
+        neuroon.track_conversion(make_order("SG-1"), clicks={})
+        api.fail(1, status=400)
+        neuroon.track_conversion(make_order("SG-2"), clicks={})
+    names = [name for name, _ in events]
+    assert names == ["queued", "sent", "queued", "failed"]
+    assert events[1][1] == {"order_id": "SG-1", "status": "sent"}
+    failed = events[3][1]
+    assert failed["order_id"] == "SG-2" and failed["status"] == "dead"
+    assert failed["will_retry"] is False
+    assert str(failed["reason"]).startswith("HTTP 400")
+
+
+def test_a_signal_receiver_that_raises_does_not_break_checkout(api, make_app, caplog):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+
+    def bad_receiver(sender, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    conversion_sent.connect(bad_receiver, app, weak=False)
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("R-1"), clicks={}).status == "sent"
+    assert "receiver bug" in caplog.text
+
+
+def test_init_app_twice_is_refused(make_app):
+    app, neuroon = make_app(None)
+    with pytest.raises(RuntimeError, match="already been registered"):
+        neuroon.init_app(app)
+
+
+def test_an_extension_object_serves_several_apps(api, make_app):
+    app1, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    from flask import Flask
+
+    app2 = Flask("second", instance_path=app1.instance_path)
+    app2.config.update(app1.config)
+    app2.config["NEUROON_STORAGE_URI"] = "memory://"
+    neuroon.init_app(app2)
+    with app2.app_context():
+        assert neuroon.track_conversion(make_order("TWO-1"), clicks={}).status == "sent"
+    assert app2.extensions["neuroon"] is not app1.extensions["neuroon"]
+    assert not hasattr(neuroon, "app")
+
+
+def test_clicks_outside_a_request_are_empty(make_app):
+    app, neuroon = make_app(None)
+    assert neuroon.clicks == {}
+    with app.app_context():
+        assert neuroon.clicks == {}
+
+
+def test_uninitialised_app_gives_a_clear_error():
+    from flask import Flask
+
+    neuroon = Neuroon()
+    with Flask("bare").app_context(), pytest.raises(RuntimeError, match="init_app"):
+        neuroon.track_conversion({})
