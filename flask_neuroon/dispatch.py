@@ -222,7 +222,7 @@ class ThreadDispatcher(Dispatcher):
                 self._atexit_registered = True
 
     def _at_exit(self) -> None:
-        if self._pid == os.getpid() and self._threads:
+        if self._pid == os.getpid() and self._threads and not self._stopping.is_set():
             self.close(self.shutdown_timeout)
 
     def close(self, timeout: float = 0.0) -> None:

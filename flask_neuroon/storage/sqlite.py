@@ -67,7 +67,6 @@ class SQLiteStorage(Storage):
         self._timeout = timeout
         self._local = threading.local()
         self._pid = os.getpid()
-        self._schema_ready = False
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         # Connections inherited through fork: kept referenced, never used or closed.
@@ -89,9 +88,8 @@ class SQLiteStorage(Storage):
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
         connection.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
-        if not self._schema_ready:
-            connection.executescript(SCHEMA)
-            self._schema_ready = True
+        # Per connection, not per process: the file may have been replaced meanwhile.
+        connection.executescript(SCHEMA)
         with self._lock:
             self._connections.append(connection)
         return connection
