@@ -36,9 +36,11 @@ DEFAULTS: dict[str, Any] = {
     "NEUROON_DISPATCH": "thread",
     "NEUROON_SHUTDOWN_TIMEOUT": 2.0,
     "NEUROON_SEND_UNATTRIBUTED": True,
+    "NEUROON_CREATE_TABLES": True,
+    "NEUROON_CLAIM_LEASE": None,
 }
 
-DISPATCH_MODES = ("thread", "sync")
+DISPATCH_MODES = ("thread", "sync", "celery")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -141,6 +143,19 @@ def _schedule(value: Any) -> tuple[float, ...]:
     return delays
 
 
+def _claim_lease(timeout: tuple[float, float], value: Any) -> float | None:
+    if value is None:
+        return None
+    key = "NEUROON_CLAIM_LEASE"
+    lease = _number(key, value, minimum=0, allow_equal=False)
+    if lease <= sum(timeout):
+        raise ConfigurationError(
+            key,
+            f"must be longer than a send can take (NEUROON_TIMEOUT adds up to {sum(timeout):g})",
+        )
+    return lease
+
+
 def _api_url(value: Any) -> str:
     key = "NEUROON_API_URL"
     if not isinstance(value, str) or not value.strip():
@@ -214,6 +229,9 @@ class Settings:
     dispatch: str
     shutdown_timeout: float
     send_unattributed: bool
+    create_tables: bool = True
+    #: Seconds a claimed row stays ours; None: connect + read timeout + 30 s.
+    claim_lease: float | None = None
     #: Why tracking is off although NEUROON_ENABLED is true (a missing key), else None.
     disabled_reason: str | None = None
 
@@ -229,6 +247,8 @@ class Settings:
     @property
     def lease_seconds(self) -> float:
         """How long a claimed row is ours: longer than any send can take."""
+        if self.claim_lease is not None:
+            return self.claim_lease
         return self.timeout[0] + self.timeout[1] + 30.0
 
     def with_changes(self, **changes: Any) -> Settings:
@@ -275,6 +295,7 @@ class Settings:
                 "NEUROON_DISPATCH", f"must be one of {', '.join(DISPATCH_MODES)}, not {dispatch!r}"
             )
 
+        timeout = _timeout(get("NEUROON_TIMEOUT"))
         return cls(
             api_url=_api_url(get("NEUROON_API_URL")),
             shop_id=shop_id,
@@ -289,13 +310,15 @@ class Settings:
             outbox=_bool("NEUROON_OUTBOX", get("NEUROON_OUTBOX")),
             max_workers=_integer("NEUROON_MAX_WORKERS", get("NEUROON_MAX_WORKERS"), minimum=1),
             max_pending=_integer("NEUROON_MAX_PENDING", get("NEUROON_MAX_PENDING"), minimum=1),
-            timeout=_timeout(get("NEUROON_TIMEOUT")),
+            timeout=timeout,
             retry_schedule=_schedule(get("NEUROON_RETRY_SCHEDULE")),
             max_attempts=_integer("NEUROON_MAX_ATTEMPTS", get("NEUROON_MAX_ATTEMPTS"), minimum=1),
             flush_interval=_number("NEUROON_FLUSH_INTERVAL", get("NEUROON_FLUSH_INTERVAL")),
             dispatch=dispatch,
             shutdown_timeout=_number("NEUROON_SHUTDOWN_TIMEOUT", get("NEUROON_SHUTDOWN_TIMEOUT")),
             send_unattributed=_bool("NEUROON_SEND_UNATTRIBUTED", get("NEUROON_SEND_UNATTRIBUTED")),
+            create_tables=_bool("NEUROON_CREATE_TABLES", get("NEUROON_CREATE_TABLES")),
+            claim_lease=_claim_lease(timeout, config.get("NEUROON_CLAIM_LEASE")),
             disabled_reason=reason,
         )
 

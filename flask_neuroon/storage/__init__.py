@@ -7,9 +7,14 @@ URI                             backend
                                 path lives in the app's instance folder, an absolute one
                                 is written ``sqlite:////var/lib/shop/neuroon.sqlite3``
 ``memory://``                   :class:`~.memory.MemoryStorage`, this process only
+``postgresql+psycopg://…``      :class:`~.sqlalchemy.SQLAlchemyStorage`: any SQLAlchemy
+``mysql+pymysql://…``           URL (extras ``[postgresql]``, ``[mysql]``,
+``mariadb+pymysql://…``         ``[sqlalchemy]``)
+``redis://…``, ``rediss://…``   :class:`~.redis.RedisStorage` (extra ``[redis]``)
 ==============================  =====================================================
 
-Drivers beyond the standard library are imported only when their URI is used.
+Drivers beyond the standard library are imported only when their URI is used; a
+missing one is a ConfigurationError that names the extra to install.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from .base import DEAD, PENDING, SENT, OutboxRow, OutboxStats, Storage
 from .memory import MemoryStorage
 
 
-def storage_from_uri(uri: str, *, instance_path: str | None = None) -> Storage:
+def storage_from_uri(
+    uri: str, *, instance_path: str | None = None, create_tables: bool = True
+) -> Storage:
     """Build the backend named by ``uri``; raise ConfigurationError for an unknown one."""
     scheme = uri.split("://", 1)[0].lower()
     if scheme == "memory":
@@ -44,8 +51,53 @@ def storage_from_uri(uri: str, *, instance_path: str | None = None) -> Storage:
             return SQLiteStorage(path, synchronous=options.get("synchronous", "normal"))
         except ValueError as exc:
             raise ConfigurationError("NEUROON_STORAGE_URI", str(exc)) from None
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from .redis import RedisStorage
+        except ImportError as exc:
+            raise _missing_driver("redis", exc) from None
+        return RedisStorage.from_uri(uri)
+    dialect = scheme.split("+", 1)[0]
+    if dialect in _SQLALCHEMY_DIALECTS:
+        extra = {"postgresql": "postgresql", "postgres": "postgresql"}.get(dialect, "sqlalchemy")
+        extra = "mysql" if dialect in ("mysql", "mariadb") else extra
+        try:
+            from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+            from .sqlalchemy import SQLAlchemyStorage
+        except ImportError as exc:
+            raise _missing_driver(extra, exc) from None
+        try:
+            return SQLAlchemyStorage.from_uri(uri, create_tables=create_tables)
+        except ImportError as exc:
+            raise _missing_driver(extra, exc) from None
+        except (NoSuchModuleError, ArgumentError) as exc:
+            raise ConfigurationError(
+                "NEUROON_STORAGE_URI", f"not a usable SQLAlchemy URL: {exc}"
+            ) from None
     raise ConfigurationError(
-        "NEUROON_STORAGE_URI", f"unknown storage scheme {scheme!r} (use sqlite:/// or memory://)"
+        "NEUROON_STORAGE_URI",
+        f"unknown storage scheme {scheme!r} (sqlite:///, memory://, redis://,"
+        " or an SQLAlchemy URL such as postgresql+psycopg://)",
+    )
+
+
+_SQLALCHEMY_DIALECTS = (
+    "postgresql",
+    "postgres",
+    "mysql",
+    "mariadb",
+    "mssql",
+    "oracle",
+    "cockroachdb",
+)
+
+
+def _missing_driver(extra: str, exc: ImportError) -> ConfigurationError:
+    return ConfigurationError(
+        "NEUROON_STORAGE_URI",
+        f"needs a driver that is not installed ({exc.name or exc}): "
+        f"pip install 'flask-neuroon[{extra}]'",
     )
 
 
