@@ -13,6 +13,7 @@ status         meaning
 ``invalid``    the order cannot be sent (the error says which field)
 ``skipped``    no line was clicked and NEUROON_SEND_UNATTRIBUTED is false
 ``dropped``    the outbox is off and the in-memory queue was full
+``discarded``  tracked inside the shop's transaction, which rolled back: nothing sent
 =============  ====================================================================
 """
 
@@ -23,7 +24,17 @@ import threading
 PENDING = "pending"
 #: Statuses after which nothing more will happen to this conversion in this process.
 FINAL = frozenset(
-    {"sent", "duplicate", "dead", "failed", "disabled", "invalid", "skipped", "dropped"}
+    {
+        "sent",
+        "duplicate",
+        "dead",
+        "failed",
+        "disabled",
+        "invalid",
+        "skipped",
+        "dropped",
+        "discarded",
+    }
 )
 
 

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Union
+from typing import NamedTuple, Union
 
 from . import _fork
 from .client import NeuroonClient, SendResult
@@ -92,13 +92,18 @@ class Courier:
 class Dispatcher:
     """The interface both dispatchers share."""
 
+    #: False when the sends happen elsewhere (Celery workers): the CLI then sends itself.
+    sends_here = True
+
     def __init__(self, courier: Courier) -> None:
         self.courier = courier
 
     def start(self) -> None:
         """Make sure this process's workers run (no-op when there are none)."""
 
-    def submit_id(self, order_id: str) -> bool:
+    def submit_id(self, order_id: str, wait_for_row: float = 0.0) -> bool:
+        """Deliver outbox row ``order_id`` soon. ``wait_for_row``: the row is being committed
+        by another connection right now; allow it that many seconds to become visible."""
         raise NotImplementedError
 
     def submit_direct(self, order_id: str, body: str) -> bool:
@@ -135,7 +140,9 @@ class Dispatcher:
 class SyncDispatcher(Dispatcher):
     """Sends inline, in the calling thread."""
 
-    def submit_id(self, order_id: str) -> bool:
+    def submit_id(self, order_id: str, wait_for_row: float = 0.0) -> bool:
+        if wait_for_row:
+            return False  # not committed yet in this very thread: flush() will send it
         self.courier.deliver_id(order_id)
         return True
 
@@ -156,7 +163,13 @@ class SyncDispatcher(Dispatcher):
         return self._outbox_pending()
 
 
-_Job = Union[str, tuple[str, str]]  # an outbox order id, or (order id, body) to send directly
+class _AwaitRow(NamedTuple):
+    order_id: str
+    deadline: float
+
+
+#: An outbox order id, (order id, body) to send directly, or a row still being committed.
+_Job = Union[str, tuple[str, str], _AwaitRow]
 
 
 class ThreadDispatcher(Dispatcher):
@@ -247,7 +260,9 @@ class ThreadDispatcher(Dispatcher):
             return False
         return True
 
-    def submit_id(self, order_id: str) -> bool:
+    def submit_id(self, order_id: str, wait_for_row: float = 0.0) -> bool:
+        if wait_for_row:
+            return self._put(_AwaitRow(order_id, time.monotonic() + wait_for_row))
         with self._lock:
             if order_id in self._queued:
                 return True
@@ -291,9 +306,7 @@ class ThreadDispatcher(Dispatcher):
                 if isinstance(job, str):
                     with self._lock:
                         self._queued.discard(job)
-                    self.courier.deliver_id(job)
-                else:
-                    self.courier.deliver_direct(*job)
+                self._handle(job)
             except Exception:  # never let one delivery kill a sender thread
                 logger.exception("flask-neuroon: delivery failed unexpectedly")
             finally:
@@ -301,6 +314,27 @@ class ThreadDispatcher(Dispatcher):
             if self._backlog and self._queue.qsize() <= self.max_pending // 2:
                 self._backlog = False
                 self._refill()
+
+    def _handle(self, job: _Job) -> None:
+        """Run one job in a sender thread (a subclass may hand it on instead)."""
+        if isinstance(job, str):
+            self.courier.deliver_id(job)
+        elif isinstance(job, _AwaitRow):
+            self._deliver_when_visible(job)
+        else:
+            self.courier.deliver_direct(*job)
+
+    def _deliver_when_visible(self, job: _AwaitRow) -> None:
+        """Deliver a row whose transaction was committing when it was submitted."""
+        outbox = self.courier.outbox
+        while self.courier.deliver_id(job.order_id) is None and outbox is not None:
+            try:
+                exists = outbox.storage.get(job.order_id) is not None
+            except StorageError:
+                return  # the sweeper will find it
+            if exists or time.monotonic() >= job.deadline:
+                return  # someone else holds it, or it was never committed
+            time.sleep(0.01)
 
     def _sweep(self) -> None:
         while not self._stopping.is_set():

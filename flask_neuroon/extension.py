@@ -19,7 +19,7 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from flask import Flask, current_app, has_request_context, request
 from flask.typing import ResponseReturnValue
@@ -43,6 +43,9 @@ from .signals import (
 )
 from .storage import Storage, storage_from_uri
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
 logger = logging.getLogger("flask_neuroon")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,13 +61,13 @@ _PURGE_EVERY = 3600.0
 class _State:
     """One app's configured pieces: ``app.extensions["neuroon"]``."""
 
-    def __init__(self, app: Flask, settings: Settings, adapters: list[OrderAdapter]) -> None:
+    def __init__(
+        self, app: Flask, settings: Settings, adapters: list[OrderAdapter], storage: Storage
+    ) -> None:
         self.settings = settings
         self.adapters = adapters
         self._app = weakref.ref(app)
-        self.storage: Storage = storage_from_uri(
-            settings.storage_uri, instance_path=app.instance_path
-        )
+        self.storage = storage
         _fork.register(self.storage)  # type: ignore[arg-type]
         self.outbox: Outbox | None = None
         if settings.outbox:
@@ -85,6 +88,15 @@ class _State:
         self.dispatcher: Dispatcher
         if settings.dispatch == "sync":
             self.dispatcher = SyncDispatcher(self.courier)
+        elif settings.dispatch == "celery":
+            from .contrib.celery import CeleryDispatcher
+
+            self.dispatcher = CeleryDispatcher(
+                self.courier,
+                app,
+                max_pending=settings.max_pending,
+                shutdown_timeout=settings.shutdown_timeout,
+            )
         else:
             self.dispatcher = ThreadDispatcher(
                 self.courier,
@@ -153,6 +165,10 @@ class _State:
             )
 
     def _on_sweep(self) -> None:
+        self.purge_expired_snapshots()
+
+    def purge_expired_snapshots(self) -> None:
+        """At most once an hour: delete snapshots whose TTL ran out."""
         now = time.time()
         if now - self._last_purge >= _PURGE_EVERY:
             self._last_purge = now
@@ -185,17 +201,33 @@ class Neuroon:
     """
 
     def __init__(
-        self, app: Flask | None = None, *, order_adapters: list[OrderAdapter] | None = None
+        self,
+        app: Flask | None = None,
+        *,
+        order_adapters: list[OrderAdapter] | None = None,
+        engine: Engine | Callable[[], Engine] | None = None,
+        storage: Storage | None = None,
     ):
         self._adapters: list[OrderAdapter] = list(order_adapters or ())
         if app is not None:
-            self.init_app(app)
+            self.init_app(app, engine=engine, storage=storage)
 
     def __repr__(self) -> str:
         return f"<Neuroon adapters={len(self._adapters)}>"
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        engine: Engine | Callable[[], Engine] | None = None,
+        storage: Storage | None = None,
+    ) -> None:
         """Validate ``NEUROON_*`` config, install the middleware, keep state on the app.
+
+        ``engine``: a SQLAlchemy engine (or a function returning one, called inside an app
+        context, e.g. ``lambda: db.engine``) to keep snapshots and outbox in the shop's own
+        database instead of ``NEUROON_STORAGE_URI``. ``storage``: a backend object of your
+        own (a :class:`~flask_neuroon.storage.Storage`).
 
         Raises :class:`~flask_neuroon.ConfigurationError` for a malformed value; a missing
         shop id, API key or Origin disables tracking with one warning instead.
@@ -206,7 +238,20 @@ class Neuroon:
                 " Import and use that instance instead."
             )
         settings = Settings.from_config(app.config)
-        state = _State(app, settings, self._adapters)
+        if storage is None and engine is not None:
+            from .storage.sqlalchemy import SQLAlchemyStorage
+
+            if callable(engine) and not hasattr(engine, "connect"):
+                with app.app_context():
+                    engine = engine()
+            storage = SQLAlchemyStorage(engine, create_tables=settings.create_tables)  # type: ignore[arg-type]
+        if storage is None:
+            storage = storage_from_uri(
+                settings.storage_uri,
+                instance_path=app.instance_path,
+                create_tables=settings.create_tables,
+            )
+        state = _State(app, settings, self._adapters, storage)
         _fork.register(state)
         app.extensions["neuroon"] = state
         app.wsgi_app = ClickMapMiddleware(  # type: ignore[method-assign]
@@ -291,11 +336,18 @@ class Neuroon:
         """The wire contract's body for ``order`` (pure). Raises InvalidOrder."""
         return build_payload(adapt_order(order, self._adapters), clicks)
 
-    def track_conversion(self, order: Any, clicks: Mapping[str, str] | None = None) -> Delivery:
+    def track_conversion(
+        self, order: Any, clicks: Mapping[str, str] | None = None, *, connection: Any = None
+    ) -> Delivery:
         """Queue ``order`` for delivery and return at once; never raises for tracking.
 
         ``clicks`` defaults to :meth:`clicks_for` the order's id (the cookie of this
         request, else the snapshot taken before the gateway).
+
+        ``connection``: the shop's SQLAlchemy ``Session`` or ``Connection`` whose transaction
+        confirms the order (transactional outbox). The outbox row is written inside that
+        transaction, so it exists if and only if the shop commits; it is sent after the
+        commit and never after a rollback. Needs SQLAlchemy storage on the same database.
         """
         state = self._state()
         settings = state.settings
@@ -313,9 +365,10 @@ class Neuroon:
                     return Delivery(order_id, "duplicate")
             except StorageError as exc:
                 state.storage_failed(f"looking up order {order_id}", exc)
+        transaction = self._transaction(state, connection) if connection is not None else None
         try:
             if clicks is None:
-                clicks = self.clicks_for(order_id) if order_id is not None else {}
+                clicks = self._clicks_in(state, order_id, transaction)
             payload = build_payload(adapted, clicks)
         except InvalidOrder as exc:
             logger.error("flask-neuroon: order %s not tracked: %s", exc.order_id or order_id, exc)
@@ -323,7 +376,67 @@ class Neuroon:
         order_id = payload["orderId"]
         if not payload["conversions"] and not settings.send_unattributed:
             return Delivery(order_id, "skipped")
+        if transaction is not None:
+            return self._enqueue_in(state, order_id, payload, transaction)
         return self._enqueue(state, order_id, payload)
+
+    @staticmethod
+    def _transaction(state: _State, connection: Any) -> Any:
+        """(Connection, watch) of the shop's transaction, or None (logged) if unusable."""
+        from .storage.sqlalchemy import SQLAlchemyStorage, in_transaction
+
+        if state.outbox is None or not isinstance(state.storage, SQLAlchemyStorage):
+            logger.error(
+                "flask-neuroon: connection= needs the outbox on SQLAlchemy storage in the same"
+                " database (NEUROON_STORAGE_URI or init_app(engine=...)); tracking without it"
+            )
+            return None
+        try:
+            return in_transaction(connection)
+        except Exception:
+            logger.exception("flask-neuroon: cannot use the given connection; tracking without it")
+            return None
+
+    def _clicks_in(self, state: _State, order_id: str | None, transaction: Any) -> dict[str, str]:
+        if order_id is None:
+            return dict(self.clicks)
+        if transaction is None:
+            return self.clicks_for(order_id)
+        # Inside the shop's transaction: a rollback leaves the snapshot for the next try.
+        snapshot: dict[str, str] | None = None
+        try:
+            snapshot = state.storage.take_snapshot(  # type: ignore[call-arg]
+                order_id, time.time(), connection=transaction[0]
+            )
+        except StorageError as exc:
+            state.storage_failed(f"reading the clicks of order {order_id}", exc)
+        return {**(snapshot or {}), **self.clicks}
+
+    def _enqueue_in(
+        self, state: _State, order_id: str, payload: dict[str, Any], transaction: Any
+    ) -> Delivery:
+        connection, watch, after_commit = transaction
+        try:
+            added = state.storage.add(  # type: ignore[call-arg]
+                order_id, dumps_payload(payload), time.time(), connection=connection
+            )
+        except StorageError as exc:
+            state.storage_failed(f"queueing order {order_id} in the shop's transaction", exc)
+            return self._enqueue(state, order_id, payload)
+        if not added:
+            return Delivery(order_id, "duplicate")
+        delivery = Delivery(order_id)
+        state.deliveries[order_id] = delivery
+
+        def committed() -> None:
+            state.signal(conversion_queued, order_id=order_id, payload=payload)
+            state.dispatcher.submit_id(order_id, wait_for_row=0.0 if after_commit else 2.0)
+
+        def rolled_back() -> None:
+            delivery._update("discarded", "the shop's transaction rolled back")
+
+        watch(committed, rolled_back)
+        return delivery
 
     def _enqueue(self, state: _State, order_id: str, payload: dict[str, Any]) -> Delivery:
         body = dumps_payload(payload)
