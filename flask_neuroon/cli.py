@@ -6,13 +6,20 @@ Installed as a ``flask.commands`` entry point, so every Flask app that calls
 
 from __future__ import annotations
 
+import contextlib
+import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any, cast
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from .dispatch import Dispatcher, ThreadDispatcher
+from .errors import StorageError
 from .storage.base import DEAD, OutboxRow
 
 
@@ -46,6 +53,28 @@ def neuroon_cli() -> None:
     pass
 
 
+def _flusher(state: Any) -> Dispatcher:
+    """Send from this process: the app's own dispatcher, or a pool of ours under Celery."""
+    dispatcher = cast(Dispatcher, state.dispatcher)
+    if dispatcher.sends_here:
+        return dispatcher
+    return ThreadDispatcher(
+        state.courier,
+        workers=state.settings.max_workers,
+        max_pending=state.settings.max_pending,
+        flush_interval=0,
+        shutdown_timeout=0,
+    )
+
+
+def _flush_once(state: Any, flusher: Dispatcher, timeout: float) -> str:
+    before = dict(state.outcomes)
+    left = flusher.flush(timeout)
+    done = {key: state.outcomes[key] - before.get(key, 0) for key in state.outcomes}
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(done.items()) if count)
+    return f"flushed: {summary or 'nothing was due'}; still pending: {left}"
+
+
 @neuroon_cli.command("flush", help="Send every conversion that is due now (for cron).")
 @click.option("--timeout", default=60.0, show_default=True, help="Give up after this many seconds.")
 @click.option(
@@ -54,8 +83,12 @@ def neuroon_cli() -> None:
     is_flag=True,
     help="Also send rows still waiting for their retry time (after an outage).",
 )
+@click.option("--loop", is_flag=True, help="Keep flushing until stopped (SIGTERM, Ctrl-C).")
+@click.option(
+    "--interval", default=10.0, show_default=True, help="With --loop: seconds between rounds."
+)
 @with_appcontext
-def flush_command(timeout: float, send_all: bool) -> None:
+def flush_command(timeout: float, send_all: bool, loop: bool, interval: float) -> None:
     state = _state()
     if not state.settings.active:
         raise click.ClickException(
@@ -64,13 +97,37 @@ def flush_command(timeout: float, send_all: bool) -> None:
     if state.outbox is None:
         click.echo("NEUROON_OUTBOX is off: there is no outbox to flush.")
         return
-    if send_all:
-        state.storage.make_due(time.time())
-    before = dict(state.outcomes)
-    left = state.dispatcher.flush(timeout)
-    done = {key: state.outcomes[key] - before.get(key, 0) for key in state.outcomes}
-    summary = ", ".join(f"{count} {status}" for status, count in sorted(done.items()) if count)
-    click.echo(f"flushed: {summary or 'nothing was due'}; still due: {left}")
+    flusher = _flusher(state)
+    with _storage_errors():
+        if send_all:
+            state.storage.make_due(time.time())
+        if not loop:
+            click.echo(_flush_once(state, flusher, timeout))
+            return
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"flushing every {interval:g} s until stopped")
+    while not stop.is_set():
+        try:
+            line = _flush_once(state, flusher, min(timeout, max(interval, 1.0)))
+            if "nothing was due" not in line:
+                click.echo(line)
+            state.purge_expired_snapshots()
+        except StorageError as exc:
+            click.echo(f"storage unavailable, trying again: {exc}", err=True)
+        # Jitter: several flushers on several hosts do not run in step.
+        stop.wait(interval * random.uniform(0.8, 1.2))
+    flusher.close(state.settings.shutdown_timeout)
+    click.echo("stopped")
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _show(row: OutboxRow) -> str:

@@ -40,7 +40,7 @@ def test_api_down_then_flush_after_recovery_delivers(api: FakeNeuroonAPI, make_a
     time.sleep(0.5)
     result = cli(app, "flush")
     assert result.exit_code == 0
-    assert "1 sent" in result.output and "still due: 0" in result.output
+    assert "1 sent" in result.output and "still pending: 0" in result.output
     assert api.received_count("DOWN-1") == 1
     assert api.conversions[0].attributed_value == Decimal("39.98")
 
