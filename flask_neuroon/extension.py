@@ -68,7 +68,7 @@ class _State:
         self.adapters = adapters
         self._app = weakref.ref(app)
         self.storage = storage
-        _fork.register(self.storage)  # type: ignore[arg-type]
+        _fork.register(self.storage)
         self.outbox: Outbox | None = None
         if settings.outbox:
             self.outbox = Outbox(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,3 +79,45 @@ def make_app(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AppFact
     for app, neuroon in apps:
         with app.app_context():
             neuroon.shutdown()
+
+
+#: The backends that share an outbox between processes (memory:// does not).
+SHARED_BACKENDS = ("sqlite", "postgresql", "mariadb", "redis")
+
+
+@pytest.fixture(params=SHARED_BACKENDS)
+def backend_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A NEUROON_STORAGE_URI for each shareable backend, empty, on this machine's servers."""
+    from .services import MARIADB_URL, POSTGRES_URL, REDIS_URL, importable, port_open
+
+    name = str(request.param)
+    if name == "sqlite":
+        yield f"sqlite:///{tmp_path}/outbox.sqlite3"
+        return
+    if name == "redis":
+        need_service("Redis", importable("redis") and port_open("127.0.0.1", 6379))
+        prefix = f"test{uuid.uuid4().hex[:12]}"
+        uri = f"{REDIS_URL}?prefix={prefix}"
+        yield uri
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+        return
+    url, driver, port = {
+        "postgresql": (POSTGRES_URL, "psycopg", 5432),
+        "mariadb": (MARIADB_URL, "pymysql", 3306),
+    }[name]
+    need_service(name, importable(driver) and port_open("127.0.0.1", port))
+    from flask_neuroon.storage.sqlalchemy import SQLAlchemyStorage, metadata
+
+    storage = SQLAlchemyStorage.from_uri(url)
+    metadata.create_all(storage.engine)
+    with storage.engine.begin() as connection:
+        for table in metadata.sorted_tables:
+            connection.execute(table.delete())
+    storage.close()
+    yield url

@@ -140,6 +140,9 @@ class Storage(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
         """Release connections held by this process."""
 
+    def _after_fork(self) -> None:  # noqa: B027 - optional hook
+        """In a forked child: drop what belongs to the parent (locks, pooled connections)."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.display_uri}>"
 
