@@ -39,6 +39,16 @@ class StorageContract:
         assert storage.take_snapshot("old2", NOW + 11) is None
         assert storage.take_snapshot("new", NOW) == {"p": "s"}
 
+    def test_peek_leaves_the_snapshot_and_delete_removes_it(self, storage: Storage):
+        storage.put_snapshot("o", {"a": "1"}, NOW + 60)
+        assert storage.peek_snapshot("o", NOW) == {"a": "1"}
+        assert storage.peek_snapshot("o", NOW) == {"a": "1"}
+        assert storage.peek_snapshot("o", NOW + 60) is None  # expired by then
+        storage.delete_snapshot("o")
+        storage.delete_snapshot("o")  # absent: no error
+        assert storage.peek_snapshot("o", NOW) is None
+        assert storage.take_snapshot("o", NOW) is None
+
     def test_snapshot_is_replaced_by_a_newer_one(self, storage: Storage):
         storage.put_snapshot("o", {"a": "1"}, NOW + 60)
         storage.put_snapshot("o", {"b": "2"}, NOW + 60)

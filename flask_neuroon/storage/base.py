@@ -74,6 +74,14 @@ class Storage(abc.ABC):
         """Return and delete the snapshot of ``order_id``; None if absent or expired."""
 
     @abc.abstractmethod
+    def peek_snapshot(self, order_id: str, now: float) -> dict[str, str] | None:
+        """The snapshot of ``order_id`` without deleting it; None if absent or expired."""
+
+    @abc.abstractmethod
+    def delete_snapshot(self, order_id: str) -> None:
+        """Delete the snapshot of ``order_id`` (its order is queued); no error if absent."""
+
+    @abc.abstractmethod
     def purge_snapshots(self, now: float) -> int:
         """Delete expired snapshots; return how many."""
 

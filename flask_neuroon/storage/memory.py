@@ -32,6 +32,17 @@ class MemoryStorage(Storage):
             return None
         return found[0]
 
+    def peek_snapshot(self, order_id: str, now: float) -> dict[str, str] | None:
+        with self._lock:
+            found = self._snapshots.get(order_id)
+        if found is None or found[1] <= now:
+            return None
+        return dict(found[0])
+
+    def delete_snapshot(self, order_id: str) -> None:
+        with self._lock:
+            self._snapshots.pop(order_id, None)
+
     def purge_snapshots(self, now: float) -> int:
         with self._lock:
             expired = [key for key, (_, expires) in self._snapshots.items() if expires <= now]

@@ -310,6 +310,12 @@ redis.call('ZREM', KEYS[1], ARGV[2])
 return found
 """
 
+_DELETE_SNAPSHOT = """
+redis.call('DEL', ARGV[1] .. ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[2])
+return 1
+"""
+
 _PURGE_SNAPSHOTS = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
@@ -426,6 +432,7 @@ class RedisStorage(Storage):
         }
         self._put_snapshot = client.register_script(_PUT_SNAPSHOT)
         self._take_snapshot = client.register_script(_TAKE_SNAPSHOT)
+        self._delete_snapshot = client.register_script(_DELETE_SNAPSHOT)
         self._purge_snapshots = client.register_script(_PURGE_SNAPSHOTS)
 
     @classmethod
@@ -565,6 +572,22 @@ class RedisStorage(Storage):
         if clicks is None or expires is None or expires <= now:
             return None
         return loads_clicks(clicks)
+
+    def peek_snapshot(self, order_id: str, now: float) -> dict[str, str] | None:
+        with self._errors():
+            clicks, expires_at = self._client.hmget(
+                self._snapshot_prefix + order_id, ["clicks", "expires_at"]
+            )
+        expires = _optional_float(expires_at)
+        if clicks is None or expires is None or expires <= now:
+            return None
+        return loads_clicks(clicks)
+
+    def delete_snapshot(self, order_id: str) -> None:
+        with self._errors():
+            self._delete_snapshot(
+                keys=[self._snapshot_index], args=(self._snapshot_prefix, order_id)
+            )
 
     def purge_snapshots(self, now: float) -> int:
         total = 0

@@ -249,6 +249,17 @@ class SQLAlchemyStorage(Storage):
             return None
         return loads_clicks(found.clicks)
 
+    def peek_snapshot(self, order_id: str, now: float) -> dict[str, str] | None:
+        with self._begin() as connection:
+            found = connection.execute(
+                select(_s.c.clicks).where(_s.c.order_id == order_id, _s.c.expires_at > now)
+            ).scalar_one_or_none()
+        return None if found is None else loads_clicks(found)
+
+    def delete_snapshot(self, order_id: str, connection: Connection | None = None) -> None:
+        with self._begin(connection) as conn:
+            conn.execute(delete(_s).where(_s.c.order_id == order_id))
+
     def purge_snapshots(self, now: float) -> int:
         with self._begin() as connection:
             return connection.execute(delete(_s).where(_s.c.expires_at <= now)).rowcount

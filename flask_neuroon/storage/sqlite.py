@@ -147,6 +147,16 @@ class SQLiteStorage(Storage):
             return None
         return loads_clicks(found[0])
 
+    def peek_snapshot(self, order_id: str, now: float) -> dict[str, str] | None:
+        found = self._execute(
+            "SELECT clicks FROM neuroon_snapshots WHERE order_id = ? AND expires_at > ?",
+            (order_id, now),
+        ).fetchone()
+        return None if found is None else loads_clicks(found[0])
+
+    def delete_snapshot(self, order_id: str) -> None:
+        self._execute("DELETE FROM neuroon_snapshots WHERE order_id = ?", (order_id,))
+
     def purge_snapshots(self, now: float) -> int:
         return self._execute("DELETE FROM neuroon_snapshots WHERE expires_at <= ?", (now,)).rowcount
 
