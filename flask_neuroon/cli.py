@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from .config import is_loopback_host
+from .diagnostics import explain_api_answer
 from .dispatch import Dispatcher, ThreadDispatcher
 from .errors import StorageError
 from .storage.base import DEAD, OutboxRow
@@ -200,3 +204,108 @@ def purge_command(days: float) -> None:
     snapshots = state.storage.purge_snapshots(now)
     sent = state.storage.purge_sent(now - days * 86400)
     click.echo(f"purged: {snapshots} expired snapshots, {sent} sent rows older than {days:g} days")
+
+
+_KEY_SHAPE = re.compile(r"^sk_[A-Za-z0-9_]{32}$")  # the vendor's keys: sk_ + 32, 35 in all
+
+
+@neuroon_cli.command(
+    "check", help="Check the configuration, the storage, the outbox and (with --call-api) the API."
+)
+@click.option(
+    "--call-api",
+    is_flag=True,
+    help="Also POST an empty probe to the API: a 400 proves the key and Origin are accepted.",
+)
+@with_appcontext
+def check_command(call_api: bool) -> None:
+    state = _state()
+    settings = state.settings
+    failures = 0
+
+    def report(level: str, text: str) -> None:
+        nonlocal failures
+        failures += level == "FAIL"
+        click.echo(f"  {level:<4} {text}")
+
+    click.echo("configuration")
+    report("ok", f"API URL {settings.api_url}")
+    if not settings.enabled:
+        report("WARN", "NEUROON_ENABLED is false: nothing is stored or sent")
+    if settings.disabled_reason:
+        report("FAIL", settings.disabled_reason)
+    if settings.shop_id:
+        shape = "ok" if settings.shop_id.startswith("shop_") else "WARN"
+        report(
+            shape,
+            f"shop id {settings.shop_id}"
+            + (
+                ""
+                if shape == "ok"
+                else " (Neuroon shop ids start with shop_: copy it from the dashboard)"
+            ),
+        )
+    if settings.api_key:
+        if _KEY_SHAPE.match(settings.api_key.reveal()):
+            report("ok", "API key set (sk_…, 35 characters)")
+        else:
+            report(
+                "WARN",
+                "API key set, but not shaped like a Neuroon key (sk_ and 35 "
+                "characters in all): check you copied all of it",
+            )
+    if settings.origin:
+        secure = settings.origin.startswith("https://") or is_loopback_host(
+            urlsplit(settings.origin).hostname
+        )
+        report(
+            "ok" if secure else "WARN",
+            f"Origin {settings.origin}"
+            + ("" if secure else " (plain http: the shop's registered URL is normally https)"),
+        )
+    report(
+        "ok",
+        f"click snapshots: {settings.snapshots}"
+        + (" (signed mirror cookie)" if settings.snapshots_in_cookie else ""),
+    )
+
+    click.echo("storage")
+    try:
+        stats = state.storage.stats(time.time())
+    except StorageError as exc:
+        report("FAIL", f"{state.storage.display_uri} is not reachable: {exc}")
+    else:
+        report("ok", f"{state.storage.display_uri} reachable")
+        if state.outbox is None:
+            report("WARN", "NEUROON_OUTBOX is off: a failed send is not retried")
+        else:
+            age = stats.oldest_pending_age
+            stale = age is not None and age > max(settings.retry_schedule) * 2
+            report(
+                "WARN" if stale else "ok",
+                f"outbox: {stats.pending} pending (oldest {_age(age)}), {stats.sent} sent"
+                + (
+                    ": is anything flushing? (the sweeper, cron, --loop, Celery beat)"
+                    if stale
+                    else ""
+                ),
+            )
+            if stats.dead:
+                report("WARN", f"{stats.dead} dead letters: see `flask neuroon outbox`")
+
+    if call_api:
+        click.echo("API")
+        if settings.disabled_reason:
+            report("FAIL", "not called: the configuration is incomplete")
+        else:
+            result = state.client.send("{}")
+            verdict = explain_api_answer(
+                result.status_code,
+                result.message,
+                shop_id=settings.shop_id or "",
+                origin=settings.origin or "",
+            )
+            report("ok" if verdict.ok else "FAIL", verdict.message)
+    if failures:
+        raise click.ClickException(f"{failures} problem(s) found")
+    click.echo("no problems found")

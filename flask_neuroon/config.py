@@ -38,7 +38,11 @@ DEFAULTS: dict[str, Any] = {
     "NEUROON_SEND_UNATTRIBUTED": True,
     "NEUROON_CREATE_TABLES": True,
     "NEUROON_CLAIM_LEASE": None,
+    "NEUROON_SNAPSHOTS": None,
+    "NEUROON_MIRROR_COOKIE_NAME": "neuroon_clicks_mirror",
 }
+
+SNAPSHOT_MODES = ("storage", "cookie", "both")
 
 DISPATCH_MODES = ("thread", "sync", "celery")
 _TRUE = {"1", "true", "yes", "on"}
@@ -143,6 +147,18 @@ def _schedule(value: Any) -> tuple[float, ...]:
     return delays
 
 
+def _snapshots(value: Any, has_secret_key: bool) -> str:
+    key = "NEUROON_SNAPSHOTS"
+    if value is None or value == "":
+        return "both" if has_secret_key else "storage"
+    mode = str(value).strip().lower()
+    if mode not in SNAPSHOT_MODES:
+        raise ConfigurationError(key, f"must be one of {', '.join(SNAPSHOT_MODES)}, not {value!r}")
+    if mode != "storage" and not has_secret_key:
+        raise ConfigurationError(key, f"{mode!r} signs a cookie: it needs the app's SECRET_KEY")
+    return mode
+
+
 def _claim_lease(timeout: tuple[float, float], value: Any) -> float | None:
     if value is None:
         return None
@@ -230,6 +246,9 @@ class Settings:
     shutdown_timeout: float
     send_unattributed: bool
     create_tables: bool = True
+    #: Where clicks are kept across the gateway: "storage", "cookie" (signed mirror) or both.
+    snapshots: str = "storage"
+    mirror_cookie_name: str = "neuroon_clicks_mirror"
     #: Seconds a claimed row stays ours; None: connect + read timeout + 30 s.
     claim_lease: float | None = None
     #: Why tracking is off although NEUROON_ENABLED is true (a missing key), else None.
@@ -239,6 +258,14 @@ class Settings:
     def active(self) -> bool:
         """True when conversions are stored and sent."""
         return self.enabled and self.disabled_reason is None
+
+    @property
+    def snapshots_in_storage(self) -> bool:
+        return self.snapshots in ("storage", "both")
+
+    @property
+    def snapshots_in_cookie(self) -> bool:
+        return self.snapshots in ("cookie", "both")
 
     @property
     def endpoint(self) -> str:
@@ -296,6 +323,12 @@ class Settings:
             )
 
         timeout = _timeout(get("NEUROON_TIMEOUT"))
+        snapshots = _snapshots(config.get("NEUROON_SNAPSHOTS"), bool(config.get("SECRET_KEY")))
+        mirror_name = get("NEUROON_MIRROR_COOKIE_NAME")
+        if not isinstance(mirror_name, str) or not _COOKIE_NAME.match(mirror_name):
+            raise ConfigurationError(
+                "NEUROON_MIRROR_COOKIE_NAME", f"is not a cookie name: {mirror_name!r}"
+            )
         return cls(
             api_url=_api_url(get("NEUROON_API_URL")),
             shop_id=shop_id,
@@ -319,8 +352,10 @@ class Settings:
             send_unattributed=_bool("NEUROON_SEND_UNATTRIBUTED", get("NEUROON_SEND_UNATTRIBUTED")),
             create_tables=_bool("NEUROON_CREATE_TABLES", get("NEUROON_CREATE_TABLES")),
             claim_lease=_claim_lease(timeout, config.get("NEUROON_CLAIM_LEASE")),
+            snapshots=snapshots,
+            mirror_cookie_name=mirror_name,
             disabled_reason=reason,
         )
 
 
-__all__ = ["DEFAULTS", "DISPATCH_MODES", "Secret", "Settings", "is_loopback_host"]
+__all__ = ["DEFAULTS", "DISPATCH_MODES", "SNAPSHOT_MODES", "Secret", "Settings", "is_loopback_host"]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from flask import Flask, current_app, has_request_context, request
+from flask import Flask, Response, after_this_request, current_app, has_request_context, request
 from flask.typing import ResponseReturnValue
 
 from . import _fork
@@ -29,12 +29,15 @@ from .client import NeuroonClient, SendResult
 from .config import Secret, Settings
 from .conversion import build_payload, dumps_payload
 from .delivery import Delivery
+from .diagnostics import explain_mismatch
 from .dispatch import Courier, Dispatcher, SyncDispatcher, ThreadDispatcher
 from .errors import InvalidOrder, StorageError
 from .middleware import ClickMapMiddleware, clicks_from_environ
-from .orders import OrderAdapter, adapt_order, order_id_of
+from .mirror import MirrorCodec
+from .orders import Order, OrderAdapter, adapt_order, order_id_of
 from .outbox import Outbox
 from .signals import (
+    attribution_mismatch,
     clicks_persisted,
     conversion_failed,
     conversion_queued,
@@ -69,6 +72,10 @@ class _State:
         self._app = weakref.ref(app)
         self.storage = storage
         _fork.register(self.storage)
+        self.mirror: MirrorCodec | None = None
+        if settings.snapshots_in_cookie:
+            keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.config["SECRET_KEY"]]
+            self.mirror = MirrorCodec(keys, settings.mirror_cookie_name)
         self.outbox: Outbox | None = None
         if settings.outbox:
             self.outbox = Outbox(
@@ -297,38 +304,94 @@ class Neuroon:
         return clicks_from_environ(request.environ, cookie_name=state.settings.cookie_name)
 
     def persist_before_gateway(self, order_id: Any) -> int:
-        """Snapshot this request's click map for ``order_id``; return the entries stored.
+        """Snapshot this request's click map for ``order_id``; return the entries kept.
 
-        0 when there is nothing to store, tracking is off or storage failed (logged).
+        Where depends on ``NEUROON_SNAPSHOTS``: in storage, in a signed mirror cookie set on
+        this response, or both. 0 when there is nothing to keep, tracking is off or every
+        place failed (logged).
         """
         state = self._state()
-        if not state.settings.active:
+        settings = state.settings
+        if not settings.active:
             return 0
         key = order_id_of({"id": order_id})
         clicks = dict(self.clicks)
         if key is None or not clicks:
             return 0
-        try:
-            state.storage.put_snapshot(key, clicks, time.time() + state.settings.snapshot_ttl)
-        except StorageError as exc:
-            state.storage_failed(f"saving the clicks of order {key}", exc)
+        kept = False
+        if settings.snapshots_in_storage:
+            try:
+                state.storage.put_snapshot(key, clicks, time.time() + settings.snapshot_ttl)
+                kept = True
+            except StorageError as exc:
+                state.storage_failed(f"saving the clicks of order {key}", exc)
+        if settings.snapshots_in_cookie and state.mirror is not None:
+            kept = self._set_mirror(state, key, clicks) or kept
+        if not kept:
             return 0
         state.signal(clicks_persisted, order_id=key, count=len(clicks))
         return len(clicks)
 
+    @staticmethod
+    def _set_mirror(state: _State, order_id: str, clicks: dict[str, str]) -> bool:
+        assert state.mirror is not None
+        if not has_request_context():
+            return False
+        value = state.mirror.dumps(order_id, clicks)
+        if value is None:
+            logger.warning("flask-neuroon: clicks of order %s do not fit a mirror cookie", order_id)
+            return False
+        name, max_age = state.mirror.cookie_name, int(state.settings.snapshot_ttl)
+
+        @after_this_request
+        def set_mirror_cookie(response: Response) -> Response:
+            response.set_cookie(
+                name,
+                value,
+                max_age=max_age,
+                path="/",
+                secure=True,
+                httponly=True,
+                samesite="None",
+            )
+            return response
+
+        return True
+
     def clicks_for(self, order_id: Any) -> dict[str, str]:
-        """The clicks to attribute ``order_id`` with: its snapshot, overlaid with this
-        request's cookie (the cookie wins). The snapshot is deleted as it is read."""
+        """The clicks to attribute ``order_id`` with: its snapshot (storage, else the
+        signed mirror cookie), overlaid with this request's cookie (the cookie wins). The
+        stored snapshot is deleted as it is read."""
         state = self._state()
-        cookie = dict(self.clicks)
         key = order_id_of({"id": order_id})
+        return self._gather_clicks(state, key, consume=True)
+
+    def _gather_clicks(
+        self, state: _State, key: str | None, *, consume: bool, connection: Any = None
+    ) -> dict[str, str]:
+        cookie = dict(self.clicks)
+        settings = state.settings
+        if key is None or not settings.active:
+            return cookie
         snapshot: dict[str, str] | None = None
-        if key is not None and state.settings.active:
+        if settings.snapshots_in_storage:
             try:
-                snapshot = state.storage.take_snapshot(key, time.time())
+                if not consume:
+                    snapshot = state.storage.peek_snapshot(key, time.time())
+                elif connection is None:
+                    snapshot = state.storage.take_snapshot(key, time.time())
+                else:  # inside the shop's transaction: a rollback keeps it
+                    snapshot = state.storage.take_snapshot(  # type: ignore[call-arg]
+                        key, time.time(), connection=connection
+                    )
             except StorageError as exc:
                 state.storage_failed(f"reading the clicks of order {key}", exc)
-        return {**(snapshot or {}), **cookie}
+        mirror: dict[str, str] = {}
+        if settings.snapshots_in_cookie and state.mirror is not None and has_request_context():
+            value = request.cookies.get(state.mirror.cookie_name)
+            if value:
+                mirror = state.mirror.loads(value, key, settings.snapshot_ttl)
+        return {**mirror, **(snapshot or {}), **cookie}
 
     # --- payload and delivery ----------------------------------------------------------
 
@@ -341,8 +404,9 @@ class Neuroon:
     ) -> Delivery:
         """Queue ``order`` for delivery and return at once; never raises for tracking.
 
-        ``clicks`` defaults to :meth:`clicks_for` the order's id (the cookie of this
-        request, else the snapshot taken before the gateway).
+        ``clicks`` defaults to the order's snapshot (storage or mirror cookie) overlaid with
+        this request's cookie; the snapshot is deleted once the order is queued, so that a
+        webhook and the shopper's return racing each other both see it.
 
         ``connection``: the shop's SQLAlchemy ``Session`` or ``Connection`` whose transaction
         confirms the order (transactional outbox). The outbox row is written inside that
@@ -362,27 +426,66 @@ class Neuroon:
         if order_id is not None and state.outbox is not None:
             try:
                 if state.storage.get(order_id) is not None:
+                    self._forget_snapshot(state, order_id)
                     return Delivery(order_id, "duplicate")
             except StorageError as exc:
                 state.storage_failed(f"looking up order {order_id}", exc)
         transaction = self._transaction(state, connection) if connection is not None else None
+        explicit = clicks is not None
         try:
             if clicks is None:
-                clicks = self._clicks_in(state, order_id, transaction)
+                clicks = self._gather_clicks(state, order_id, consume=False)
             payload = build_payload(adapted, clicks)
         except InvalidOrder as exc:
             logger.error("flask-neuroon: order %s not tracked: %s", exc.order_id or order_id, exc)
             return Delivery(order_id, "invalid", str(exc))
         order_id = payload["orderId"]
+        if clicks and not payload["conversions"]:
+            self._report_mismatch(state, adapted, clicks, order_id)
         if not payload["conversions"] and not settings.send_unattributed:
             return Delivery(order_id, "skipped")
         if transaction is not None:
-            return self._enqueue_in(state, order_id, payload, transaction)
-        return self._enqueue(state, order_id, payload)
+            delivery = self._enqueue_in(state, order_id, payload, transaction)
+        else:
+            delivery = self._enqueue(state, order_id, payload)
+        if not explicit and delivery.status != "invalid":
+            # Queued (or already there): the snapshot has done its job.
+            self._forget_snapshot(state, order_id, transaction[0] if transaction else None)
+        return delivery
+
+    @staticmethod
+    def _forget_snapshot(state: _State, order_id: str, connection: Any = None) -> None:
+        if not state.settings.snapshots_in_storage:
+            return
+        try:
+            if connection is None:
+                state.storage.delete_snapshot(order_id)
+            else:
+                state.storage.delete_snapshot(order_id, connection=connection)  # type: ignore[call-arg]
+        except StorageError as exc:
+            state.storage_failed(f"deleting the clicks of order {order_id}", exc)
+
+    @staticmethod
+    def _report_mismatch(
+        state: _State, order: Order, clicks: Mapping[str, str], order_id: str
+    ) -> None:
+        """The shopper clicked products, yet no line matched: say why it may be."""
+        explanation = explain_mismatch(order, clicks)
+        if explanation is None:
+            return
+        log = logger.warning if explanation.likely_misconfiguration else logger.info
+        log("flask-neuroon: order %s: %s", order_id, explanation.message)
+        state.signal(
+            attribution_mismatch,
+            order_id=order_id,
+            click_ids=explanation.click_ids,
+            line_ids=explanation.line_ids,
+            cause=explanation.cause,
+        )
 
     @staticmethod
     def _transaction(state: _State, connection: Any) -> Any:
-        """(Connection, watch) of the shop's transaction, or None (logged) if unusable."""
+        """(Connection, watch, after_commit) of the shop's transaction, or None (logged)."""
         from .storage.sqlalchemy import SQLAlchemyStorage, in_transaction
 
         if state.outbox is None or not isinstance(state.storage, SQLAlchemyStorage):
@@ -396,21 +499,6 @@ class Neuroon:
         except Exception:
             logger.exception("flask-neuroon: cannot use the given connection; tracking without it")
             return None
-
-    def _clicks_in(self, state: _State, order_id: str | None, transaction: Any) -> dict[str, str]:
-        if order_id is None:
-            return dict(self.clicks)
-        if transaction is None:
-            return self.clicks_for(order_id)
-        # Inside the shop's transaction: a rollback leaves the snapshot for the next try.
-        snapshot: dict[str, str] | None = None
-        try:
-            snapshot = state.storage.take_snapshot(  # type: ignore[call-arg]
-                order_id, time.time(), connection=transaction[0]
-            )
-        except StorageError as exc:
-            state.storage_failed(f"reading the clicks of order {order_id}", exc)
-        return {**(snapshot or {}), **self.clicks}
 
     def _enqueue_in(
         self, state: _State, order_id: str, payload: dict[str, Any], transaction: Any

@@ -12,6 +12,9 @@ signal                     keyword arguments
 ``conversion_sent``        ``order_id``, ``status`` ("sent" or "duplicate")
 ``conversion_failed``      ``order_id``, ``status``, ``reason``, ``will_retry``
 ``storage_failed``         ``operation``, ``error`` (a StorageError)
+``attribution_mismatch``   ``order_id``, ``click_ids``, ``line_ids``, ``cause``: the shopper
+                           clicked products, yet no order line matched one
+
 =========================  ==============================================================
 """
 
@@ -26,8 +29,10 @@ conversion_queued = _signals.signal("conversion-queued")
 conversion_sent = _signals.signal("conversion-sent")
 conversion_failed = _signals.signal("conversion-failed")
 storage_failed = _signals.signal("storage-failed")
+attribution_mismatch = _signals.signal("attribution-mismatch")
 
 __all__ = [
+    "attribution_mismatch",
     "clicks_persisted",
     "conversion_failed",
     "conversion_queued",
