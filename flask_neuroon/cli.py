@@ -165,18 +165,33 @@ def outbox_command(limit: int) -> None:
             click.echo(_show(row))
 
 
-@neuroon_cli.command("retry", help="Send a dead letter again, now.")
-@click.argument("order_id")
+@neuroon_cli.command("retry", help="Send a dead letter again, now (or every one: --all).")
+@click.argument("order_id", required=False)
+@click.option("--all", "every", is_flag=True, help="Every dead letter (after an outage or a fix).")
+@click.option("--timeout", default=300.0, show_default=True, help="With --all: give up after.")
 @with_appcontext
-def retry_command(order_id: str) -> None:
+def retry_command(order_id: str | None, every: bool, timeout: float) -> None:
     state = _state()
-    if state.outbox is None or not state.storage.requeue(order_id, time.time()):
-        raise click.ClickException(f"no dead letter {order_id!r} in the outbox")
-    status = state.courier.deliver_id(order_id)
-    row = state.storage.get(order_id)
-    click.echo(f"{order_id}: {status or 'queued'}")
-    if row is not None and row.last_error and status != "sent":
-        click.echo(f"  last error: {row.last_error}")
+    if state.outbox is None:
+        raise click.ClickException("NEUROON_OUTBOX is off: there are no dead letters")
+    if every == (order_id is not None):
+        raise click.UsageError("give one ORDER_ID, or --all")
+    with _storage_errors():
+        if order_id is not None:
+            if not state.storage.requeue(order_id, time.time()):
+                raise click.ClickException(f"no dead letter {order_id!r} in the outbox")
+            status = state.courier.deliver_id(order_id)
+            row = state.storage.get(order_id)
+            click.echo(f"{order_id}: {status or 'queued'}")
+            if row is not None and row.last_error and status != "sent":
+                click.echo(f"  last error: {row.last_error}")
+            return
+        requeued = 0
+        while batch := state.storage.rows(DEAD, 500):
+            now = time.time()
+            requeued += sum(state.storage.requeue(row.order_id, now) for row in batch)
+        click.echo(f"{requeued} dead letters queued again")
+        click.echo(_flush_once(state, _flusher(state), timeout))
 
 
 @neuroon_cli.command("drop", help="Delete a dead letter for good.")

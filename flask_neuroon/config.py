@@ -211,7 +211,16 @@ def _origin(value: Any) -> str:
         raise ConfigurationError(
             key, f"must be scheme://host[:port] such as https://shop.example, not {value!r}"
         )
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    host = parts.hostname or ""
+    try:
+        host = host.encode("idna").decode("ascii")  # an IDN goes on the wire as punycode
+    except UnicodeError:
+        raise ConfigurationError(key, f"has a host name that is not valid: {host!r}") from None
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = {"https": 443, "http": 80}[parts.scheme]
+    port = "" if parts.port in (None, default_port) else f":{parts.port}"
+    return f"{parts.scheme}://{host}{port}".lower()
 
 
 def _optional_text(key: str, value: Any) -> str | None:
@@ -291,6 +300,13 @@ class Settings:
         if shop_id is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", shop_id):
             raise ConfigurationError("NEUROON_SHOP_ID", "may hold letters, digits, _ . - only")
         api_key = _optional_text("NEUROON_API_KEY", config.get("NEUROON_API_KEY"))
+        if api_key is not None and not re.fullmatch(r"[\x21-\x7e]+", api_key):
+            # Never echo the key: say what is wrong with it, not what it is.
+            raise ConfigurationError(
+                "NEUROON_API_KEY",
+                "must be printable ASCII without spaces or line breaks: was something pasted"
+                " with it?",
+            )
         origin_raw = config.get("NEUROON_ORIGIN")
         origin = None if origin_raw in (None, "") else _origin(origin_raw)
 

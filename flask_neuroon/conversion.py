@@ -9,16 +9,23 @@ Rules (see DESIGN.md, "The wire contract"):
 * A line is attributed when its variant id, else its product id, is a key of the click
   map (compared as strings). Lines of the same clicked id become one conversion entry.
 * ``attributedValue`` never exceeds ``orderValue``: when the lines add up to more than
-  the order total (an order-level discount), the attributed totals are scaled down in
+  what was paid for them (the order total after an order-level coupon, or the lines
+  after discount lines with negative totals), the attributed totals are scaled down in
   proportion and the rounding remainder is spread (largest remainder first) so that the
   entries add up to ``attributedValue`` exactly.
-* Anything that cannot be sent raises :class:`~flask_neuroon.errors.InvalidOrder`
-  naming the order and the field.
+* What goes on the wire is checked strictly: the order's id, total and currency, and
+  each *attributed* line (a positive whole quantity, a total >= 0). Anything wrong there
+  raises :class:`~flask_neuroon.errors.InvalidOrder` naming the order and the field.
+  Lines that are not attributed never void the conversion: a discount line (negative),
+  a shipping line without a product, a free gift (quantity 0), a weighed product (0.5)
+  only count towards the lines' sum, and not at all when unreadable.
+* Click entries that cannot be sent (an empty or non-string searchLogId) are ignored.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +35,8 @@ from typing import Any
 from .currencies import minor_units
 from .errors import InvalidOrder
 from .orders import Order, OrderLine
+
+logger = logging.getLogger("flask_neuroon")
 
 #: Longest order id, product id or variant id accepted.
 MAX_ID_LENGTH = 255
@@ -42,12 +51,6 @@ class _Entry:
     search_log_id: str
     quantity: int
     line_total: Decimal
-
-
-def _optional_id(value: Any, order_id: str | None, field: str) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return _required_id(value, order_id, field)
 
 
 def _required_id(value: Any, order_id: str | None, field: str) -> str:
@@ -138,6 +141,46 @@ def _line_total(
     return _round(amount, exponent, order_id, field)
 
 
+def usable_clicks(clicks: Mapping[Any, Any]) -> dict[str, str]:
+    """The entries of a click map that can go on the wire: string ids (integers read as
+    strings), a non-empty searchLogId of at most MAX_ID_LENGTH characters."""
+    usable: dict[str, str] = {}
+    for key, value in clicks.items():
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            continue
+        if isinstance(value, str) and value.strip() and len(value) <= MAX_ID_LENGTH:
+            usable.setdefault(str(key).strip(), value)
+    return usable
+
+
+def _clicked_key(line: OrderLine, clicked: Mapping[str, str]) -> str | None:
+    """The click-map key a line is attributed under: its variant id, else its product id."""
+    for value in (line.variant_id, line.product_id):
+        if value is None or isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+            continue
+        key = str(value).strip()
+        if key and key in clicked:
+            return key
+    return None
+
+
+def _loose_line_total(line: OrderLine, exponent: Decimal, order_id: str, where: str) -> Decimal:
+    """The total of a line that is not attributed, leniently: any finite quantity and
+    price (negative for a discount line); 0 when it cannot be read."""
+    try:
+        if line.line_total is not None:
+            amount = to_decimal(line.line_total, order_id, f"{where}.lineTotal")
+        elif line.unit_price is not None:
+            quantity = to_decimal(line.quantity, order_id, f"{where}.quantity")
+            amount = to_decimal(line.unit_price, order_id, f"{where}.unitPrice") * quantity
+        else:
+            return Decimal(0)
+        return _round(amount, exponent, order_id, where)
+    except InvalidOrder as exc:
+        logger.debug("flask-neuroon: %s left out of the lines' sum: %s", where, exc)
+        return Decimal(0)
+
+
 def _scale(
     entries: list[_Entry], factor_num: Decimal, factor_den: Decimal, exponent: Decimal
 ) -> Decimal:
@@ -192,31 +235,40 @@ def build_payload(order: Order, clicks: Mapping[str, str]) -> dict[str, Any]:
                 "lines must be a list of order lines", order_id=order_id, field="lines"
             )
 
+        clicked = usable_clicks(clicks)
         entries: dict[str, _Entry] = {}
-        lines_sum = Decimal(0)
+        lines_sum = Decimal(0)  # the lines at their own prices
+        discounts = Decimal(0)  # discount lines (negative totals)
         for index, line in enumerate(lines):
             where = f"lines[{index}]"
             if not isinstance(line, OrderLine):
                 raise InvalidOrder("is not an order line", order_id=order_id, field=where)
-            product_id = _required_id(line.product_id, order_id, f"{where}.productId")
-            variant_id = _optional_id(line.variant_id, order_id, f"{where}.variantId")
+            key = _clicked_key(line, clicked)
+            if key is None:
+                # Not attributed, so not on the wire: a discount, shipping or gift line, or
+                # a weighed product, only counts towards the sums (when readable).
+                total = _loose_line_total(line, exponent, order_id, where)
+                if total < 0:
+                    discounts += total
+                else:
+                    lines_sum += total
+                continue
             quantity = _quantity(line.quantity, order_id, f"{where}.quantity")
             total = _line_total(line, quantity, exponent, order_id, where)
             lines_sum += total
-            key = variant_id if variant_id is not None and variant_id in clicks else product_id
-            search_log_id = clicks.get(key)
-            if search_log_id is None:
-                continue
             entry = entries.get(key)
             if entry is None:
-                entries[key] = _Entry(key, search_log_id, quantity, total)
+                entries[key] = _Entry(key, clicked[key], quantity, total)
             else:
                 entry.quantity += quantity
                 entry.line_total += total
 
         attributed_entries = list(entries.values())
-        if lines_sum > order_value and attributed_entries:
-            attributed = _scale(attributed_entries, order_value, lines_sum, exponent)
+        # What the lines were really paid: after discount lines, and never more than the
+        # order's total (an order-level coupon). Attribution shares any reduction pro rata.
+        paid = max(min(order_value, lines_sum + discounts), Decimal(0))
+        if lines_sum > paid and attributed_entries:
+            attributed = _scale(attributed_entries, paid, lines_sum, exponent)
         else:
             attributed = sum((e.line_total for e in attributed_entries), Decimal(0))
             attributed = _round(attributed, exponent, order_id, "attributedValue")
@@ -242,7 +294,8 @@ def _encode(value: Any) -> str:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError("cannot encode a non-finite amount")
-        return format(value + 0, "f")
+        # No arithmetic here: the default context (28 digits) would round large amounts.
+        return format(value.copy_abs() if value.is_zero() else value, "f")
     if isinstance(value, Mapping):
         return "{" + ",".join(f"{_encode(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
@@ -265,4 +318,11 @@ def loads_payload(text: str | bytes) -> dict[str, Any]:
     return value
 
 
-__all__ = ["MAX_ID_LENGTH", "build_payload", "dumps_payload", "loads_payload", "to_decimal"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "build_payload",
+    "dumps_payload",
+    "loads_payload",
+    "to_decimal",
+    "usable_clicks",
+]

@@ -24,6 +24,7 @@ CAUSE_SKU = "sku-vs-internal-id"
 CAUSE_VARIANT = "parent-vs-variant"
 CAUSE_SPELLING = "case-or-spaces"
 CAUSE_NOT_BOUGHT = "clicked-products-not-bought"
+CAUSE_NO_LINES = "no-readable-lines"
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,18 @@ def explain_mismatch(order: Order, clicks: Mapping[str, str]) -> Mismatch | None
     lines = [line for line in order.lines if isinstance(line, OrderLine)]
     line_ids = _line_ids(lines)
     click_ids = list(clicks)
-    if not line_ids or not click_ids:
+    if not click_ids:
         return None
+    if not line_ids:
+        return Mismatch(
+            CAUSE_NO_LINES,
+            "the order has no lines with a product id that flask-neuroon can read (it looks"
+            " for lines, items, line_items, lineItems and, in each, product_id, productId,"
+            " sku, external_id, externalId): register an order adapter"
+            f" (clicked {click_ids[:SAMPLE]})",
+            tuple(click_ids[:SAMPLE]),
+            (),
+        )
     shown_clicks, shown_lines = tuple(click_ids[:SAMPLE]), tuple(line_ids[:SAMPLE])
     sides = f"clicked {list(shown_clicks)}, order lines {list(shown_lines)}"
 
@@ -165,6 +176,7 @@ def explain_api_answer(status: int | None, detail: str, *, shop_id: str, origin:
 
 __all__ = [
     "CAUSE_NOT_BOUGHT",
+    "CAUSE_NO_LINES",
     "CAUSE_SKU",
     "CAUSE_SPELLING",
     "CAUSE_VARIANT",

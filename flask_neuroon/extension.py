@@ -431,6 +431,14 @@ class Neuroon:
             except StorageError as exc:
                 state.storage_failed(f"looking up order {order_id}", exc)
         transaction = self._transaction(state, connection) if connection is not None else None
+        if clicks is not None and not isinstance(clicks, Mapping):
+            logger.error(
+                "flask-neuroon: clicks= for order %s is a %s, not a mapping; using the cookie"
+                " and snapshot instead",
+                order_id,
+                type(clicks).__name__,
+            )
+            clicks = None
         explicit = clicks is not None
         try:
             if clicks is None:

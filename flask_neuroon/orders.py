@@ -113,16 +113,25 @@ def adapt_order(obj: Any, adapters: Sequence[OrderAdapter] = ()) -> Order:
     """
     for adapter in adapters:
         adapted = adapter(obj)
-        if adapted is not None:
-            return adapted
-    if isinstance(obj, Order):
-        order = obj
+        if adapted is None:
+            continue
+        if not isinstance(adapted, Order):
+            name = getattr(adapter, "__name__", repr(adapter))
+            raise TypeError(
+                f"order adapter {name} returned {type(adapted).__name__}, not an Order or None"
+            )
+        order = adapted
+        break
     else:
-        order = Order(
-            id=_read(obj, ORDER_ID_KEYS),
-            total=_read(obj, TOTAL_KEYS),
-            currency=_read(obj, CURRENCY_KEYS),
-            lines=_read(obj, LINES_KEYS) or (),
+        order = (
+            obj
+            if isinstance(obj, Order)
+            else Order(
+                id=_read(obj, ORDER_ID_KEYS),
+                total=_read(obj, TOTAL_KEYS),
+                currency=_read(obj, CURRENCY_KEYS),
+                lines=_read(obj, LINES_KEYS) or (),
+            )
         )
     lines: Any = order.lines
     if isinstance(lines, (str, bytes, Mapping)) or not isinstance(lines, Iterable):

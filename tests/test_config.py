@@ -132,3 +132,27 @@ def test_a_missing_key_disables_tracking_instead_of_raising(missing, reason):
     s = settings(**missing)
     assert s.active is False
     assert s.disabled_reason == reason
+
+
+@pytest.mark.parametrize(
+    "key", ["sk_live_SUPERSECRET\nabc", "sk_live_SUPER SECRET", "sk_live_SÜPERSECRET", "sk\x00x"]
+)
+def test_an_api_key_that_cannot_be_a_header_fails_at_start_without_showing_it(key):
+    with pytest.raises(ConfigurationError) as caught:
+        settings(NEUROON_API_KEY=key)
+    assert caught.value.key == "NEUROON_API_KEY"
+    assert "SECRET" not in str(caught.value) and "SUPER" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("origin", "sent"),
+    [
+        ("https://магазин.example", "https://xn--80aairftm.example"),
+        ("https://españa.example", "https://xn--espaa-rta.example"),
+        ("https://Shop.Example:443", "https://shop.example"),
+        ("http://127.0.0.1:80", "http://127.0.0.1"),
+        ("https://shop.example:8443", "https://shop.example:8443"),
+    ],
+)
+def test_origins_are_sent_in_their_ascii_canonical_form(origin, sent):
+    assert settings(NEUROON_ORIGIN=origin).origin == sent

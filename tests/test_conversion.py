@@ -226,11 +226,6 @@ def test_vendor_javascript_example_shape_is_understood():
         ({"id": "o", "total": 1, "currency": "XAU"}, "currency", "not an ISO 4217 code"),
         ({"id": "o", "total": 1, "currency": "EUR", "lines": "abc"}, "lines", "must be a list"),
         (
-            {"id": "o", "total": 1, "currency": "EUR", "lines": [{"price": 1}]},
-            "lines[0].productId",
-            "is missing",
-        ),
-        (
             {
                 "id": "o",
                 "total": 1,
@@ -347,16 +342,18 @@ amounts = st.decimals(
 @settings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(1, 5), amounts), max_size=8),
+    discount=st.decimals(min_value=-200, max_value=0, places=2),
     total=amounts,
     clicked=st.sets(st.sampled_from("abcdef")),
     currency=st.sampled_from(["EUR", "JPY", "KWD", "USD"]),
 )
-def test_attribution_invariants_hold_for_any_order(lines, total, clicked, currency):
+def test_attribution_invariants_hold_for_any_order(lines, discount, total, clicked, currency):
     order = {
         "id": "o",
         "total": total,
         "currency": currency,
-        "lines": [{"sku": s, "qty": q, "price": p} for s, q, p in lines],
+        "lines": [{"sku": s, "qty": q, "price": p} for s, q, p in lines]
+        + [{"sku": "coupon", "price": discount}],
     }
     body = payload(order, {key: f"log-{key}" for key in clicked})
     entries = body["conversions"]
@@ -371,3 +368,87 @@ def test_attribution_invariants_hold_for_any_order(lines, total, clicked, curren
     assert [Decimal(e["lineTotal"]) for e in back["conversions"]] == [
         e["lineTotal"] for e in entries
     ]
+
+
+@pytest.mark.parametrize(
+    ("odd_line", "attributed"),
+    [
+        ({"sku": "COUPON", "price": "-5.00"}, "20.80"),  # a discount line: shared pro rata
+        ({"sku": "GIFT", "qty": 0, "price": "0"}, "25.80"),  # a free gift
+        ({"name": "Shipping", "price": "4.90"}, "25.80"),  # no product at all
+        ({"sku": "COFFEE", "qty": "0.5", "price": "30.00"}, "25.80"),  # a weighed product
+        ({"sku": "BROKEN", "price": "NaN"}, "25.80"),  # unreadable
+        ({"sku": "WHAT", "qty": "two", "price": "1"}, "25.80"),
+    ],
+    ids=["discount", "free-gift", "shipping", "weighed", "nan-price", "bad-quantity"],
+)
+def test_an_odd_line_nobody_clicked_never_voids_the_conversion(odd_line, attributed):
+    order = {
+        "id": "O-1",
+        "total": "100.00",
+        "currency": "EUR",
+        "lines": [{"sku": "MUG", "qty": 2, "price": "12.90"}, odd_line],
+    }
+    body = payload(order, {"MUG": "log-mug"})
+    assert body["conversions"] == [
+        {
+            "productId": "MUG",
+            "searchLogId": "log-mug",
+            "quantity": 2,
+            "lineTotal": Decimal(attributed),
+        }
+    ]
+    assert body["attributedValue"] == Decimal(attributed)
+
+
+def test_a_discount_line_shares_its_reduction_among_the_attributed_lines():
+    # 60 + 40 with a -20 coupon line, plus 10 shipping in the 90 total: the lines were paid
+    # 80, so A and B are attributed 48 and 32, not their list prices.
+    order = {
+        "id": "O-2",
+        "total": "90.00",
+        "currency": "EUR",
+        "lines": [
+            {"sku": "A", "price": "60"},
+            {"sku": "B", "price": "40"},
+            {"sku": "C", "price": "-20"},
+        ],
+    }
+    body = payload(order, {"A": "1", "B": "2"})
+    assert body["attributedValue"] == Decimal("80.00")
+    assert [c["lineTotal"] for c in body["conversions"]] == [Decimal("48.00"), Decimal("32.00")]
+
+
+@pytest.mark.parametrize(
+    "bad_entry",
+    [{"A": ""}, {"A": "   "}, {"A": 17}, {"A": None}, {"A": ["x"]}, {"A": "x" * 300}],
+    ids=["empty", "blank", "int", "none", "list", "too-long"],
+)
+def test_a_click_entry_that_cannot_be_sent_is_ignored_not_sent(bad_entry):
+    order = {
+        "id": "O-3",
+        "total": "30",
+        "currency": "EUR",
+        "lines": [{"sku": "A", "price": "10"}, {"sku": "B", "price": "20"}],
+    }
+    body = payload(order, {**bad_entry, "B": "log-b"})
+    assert [c["productId"] for c in body["conversions"]] == ["B"]
+    assert body["attributedValue"] == Decimal("20.00")
+
+
+def test_integer_click_keys_match_integer_product_ids():
+    order = {
+        "id": "O-4",
+        "total": "5",
+        "currency": "EUR",
+        "lines": [{"product_id": 7, "price": "5"}],
+    }
+    assert payload(order, {7: "log-7"})["conversions"][0]["productId"] == "7"
+
+
+def test_very_large_amounts_stay_exact_on_the_wire():
+    big = "1234567890123456789012345678901234.50"
+    order = {"id": "O-5", "total": big, "currency": "EUR", "lines": [{"sku": "A", "price": big}]}
+    text = dumps_payload(payload(order, {"A": "1"}))
+    assert f'"orderValue":{big}' in text
+    assert f'"attributedValue":{big}' in text

@@ -263,3 +263,20 @@ def test_purge_removes_expired_snapshots_and_old_sent_rows(api, make_app):
     state.storage.put_snapshot("gone", {"a": "b"}, time.time() - 1)
     assert "1 expired snapshots, 0 sent rows" in cli(app, "purge").output
     assert "0 expired snapshots, 1 sent rows" in cli(app, "purge", "--sent-older-than", "0").output
+
+
+def test_retry_all_sends_every_dead_letter_after_an_outage(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_MAX_ATTEMPTS=1)
+    api.down()
+    with app.app_context():
+        for index in range(30):
+            assert neuroon.track_conversion(make_order(f"RA-{index}"), clicks={}).status == "dead"
+    api.up()
+    assert "no dead letter" not in cli(app, "outbox").output
+    result = cli(app, "retry", "--all")
+    assert result.exit_code == 0, result.output
+    assert "30 dead letters queued again" in result.output
+    assert "30 sent" in result.output
+    assert len(api.conversions) == 30
+    assert "dead: 0" in cli(app, "outbox").output
+    assert cli(app, "retry").exit_code != 0  # neither an id nor --all

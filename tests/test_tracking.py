@@ -336,3 +336,50 @@ def test_uninitialised_app_gives_a_clear_error():
     neuroon = Neuroon()
     with Flask("bare").app_context(), pytest.raises(RuntimeError, match="init_app"):
         neuroon.track_conversion({})
+
+
+def test_an_invalid_first_attempt_keeps_the_snapshot_for_the_corrected_one(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    with app.test_request_context(
+        headers={"Cookie": "neuroon_clicks=%7B%22SKU-RED%22%3A%22r%22%7D"}
+    ):
+        neuroon.persist_before_gateway("FIX-1")
+    broken = {
+        "id": "FIX-1",
+        "total": "64.97",
+        "currency": None,
+        "lines": [{"sku": "SKU-RED", "qty": 2, "price": "19.99"}],
+    }
+    with app.app_context():
+        assert neuroon.track_conversion(broken).status == "invalid"
+        fixed = {**broken, "currency": "EUR"}
+        assert neuroon.track_conversion(fixed).status == "sent"
+    assert api.conversions[0].attributed_value == Decimal("39.98")
+
+
+def test_lines_under_an_unknown_key_warn_that_nothing_can_be_attributed(api, make_app, caplog):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    order = {"id": "S1", "total": "10", "currency": "EUR", "products": [{"sku": "A", "price": 10}]}
+    with app.app_context():
+        assert neuroon.track_conversion(order, clicks={"A": "log-a"}).status == "sent"
+    assert "has no lines with a product id that flask-neuroon can read" in caplog.text
+    assert "register an order adapter" in caplog.text
+
+
+def test_clicks_that_are_not_a_mapping_are_logged_and_the_cookie_used(api, make_app, caplog):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    cookie = "neuroon_clicks=%7B%22SKU-RED%22%3A%22r%22%7D"
+    with app.test_request_context(headers={"Cookie": cookie}):
+        delivery = neuroon.track_conversion(make_order("LIST-1"), clicks=["SKU-RED"])  # type: ignore[arg-type]
+    assert delivery.status == "sent"
+    assert "is a list, not a mapping" in caplog.text
+    assert api.conversions[0].attributed_value == Decimal("39.98")
+
+
+def test_an_adapter_returning_something_else_is_an_invalid_order(api, make_app, caplog):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    neuroon.order_adapter(lambda obj: {"id": "x"})
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("AD-1"))
+    assert delivery.status == "invalid"
+    assert "returned dict, not an Order or None" in (delivery.error or "")
