@@ -443,7 +443,8 @@ def test_integer_click_keys_match_integer_product_ids():
         "currency": "EUR",
         "lines": [{"product_id": 7, "price": "5"}],
     }
-    assert payload(order, {7: "log-7"})["conversions"][0]["productId"] == "7"
+    clicks: dict[Any, str] = {7: "log-7"}  # a shop passing its integer ids
+    assert payload(order, clicks)["conversions"][0]["productId"] == "7"
 
 
 def test_very_large_amounts_stay_exact_on_the_wire():

@@ -370,7 +370,7 @@ def test_clicks_that_are_not_a_mapping_are_logged_and_the_cookie_used(api, make_
     app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
     cookie = "neuroon_clicks=%7B%22SKU-RED%22%3A%22r%22%7D"
     with app.test_request_context(headers={"Cookie": cookie}):
-        delivery = neuroon.track_conversion(make_order("LIST-1"), clicks=["SKU-RED"])  # type: ignore[arg-type]
+        delivery = neuroon.track_conversion(make_order("LIST-1"), clicks=["SKU-RED"])
     assert delivery.status == "sent"
     assert "is a list, not a mapping" in caplog.text
     assert api.conversions[0].attributed_value == Decimal("39.98")
