@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The tests use every backend this machine can run; the package itself needs only the core.
-EXTRAS ?= dev,postgresql,mysql,redis,celery
+EXTRAS ?= dev,postgresql,mysql,redis,celery,browser
 READY := $(VENV)/.ready
 
 .PHONY: demo shop test lint bench clean

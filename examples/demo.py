@@ -165,9 +165,16 @@ def _close_tracking(app: Flask) -> None:
 
 @contextlib.contextmanager
 def demo_stack(
-    *, api_port: int = 0, shop_port: int = 0, gateway_port: int = 0
+    *,
+    api_port: int = 0,
+    shop_port: int = 0,
+    gateway_port: int = 0,
+    shop_config: Mapping[str, Any] | None = None,
 ) -> Iterator[DemoStack]:
-    """The fake API, the shop and the gateway, up and serving, with the catalogue synced."""
+    """The fake API, the shop and the gateway, up and serving, with the catalogue synced.
+
+    ``shop_config`` is merged into the shop's config last (e.g. ``NEUROON_SNAPSHOTS``).
+    """
     api_key = f"sk_demo_{secrets.token_hex(16)}"  # this run's; never printed
     gateway_secret = secrets.token_hex(32)
     with tempfile.TemporaryDirectory(prefix="neuroon-demo-") as tmp:
@@ -194,6 +201,7 @@ def demo_stack(
                     "NEUROON_ORIGIN": shop.url,
                     "NEUROON_API_URL": api.url,
                     # Everything else as a shop gets it: SQLite storage, thread dispatch.
+                    **(shop_config or {}),
                 },
                 instance_path=str(instance_path),
             )
