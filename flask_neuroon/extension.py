@@ -26,7 +26,7 @@ from flask.typing import ResponseReturnValue
 
 from . import _fork
 from .client import NeuroonClient, SendResult
-from .config import Secret, Settings
+from .config import Secret, Settings, is_loopback_host
 from .conversion import build_payload, dumps_payload
 from .delivery import Delivery
 from .diagnostics import explain_mismatch
@@ -117,6 +117,7 @@ class _State:
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._last_purge = 0.0
+        self._warned: set[str] = set()
         #: Outcomes of delivery attempts made by this process, by status (for the CLI).
         self.outcomes: Counter[str] = Counter()
 
@@ -195,6 +196,12 @@ class _State:
             if len(self._recent) > _RECENT_LIMIT:
                 self._recent.popitem(last=False)
             return True
+
+    def warn_once(self, topic: str, message: str, *args: Any) -> None:
+        """Log a configuration warning once per app and process."""
+        if topic not in self._warned:
+            self._warned.add(topic)
+            logger.warning(message, *args)
 
     def _after_fork(self) -> None:
         self._recent_lock = threading.Lock()
@@ -337,6 +344,17 @@ class Neuroon:
         assert state.mirror is not None
         if not has_request_context():
             return False
+        if not request.is_secure and not is_loopback_host(
+            request.host.rsplit(":", 1)[0].strip("[]")
+        ):
+            state.warn_once(
+                "insecure-mirror",
+                "flask-neuroon: the mirror cookie is Secure, but this request came over plain"
+                " http to %s: browsers drop it, so only storage snapshots can attribute"
+                " gateway returns. Serve https (behind a TLS proxy, wrap the app in werkzeug's"
+                " ProxyFix so Flask sees https).",
+                request.host,
+            )
         value = state.mirror.dumps(order_id, clicks)
         if value is None:
             logger.warning("flask-neuroon: clicks of order %s do not fit a mirror cookie", order_id)

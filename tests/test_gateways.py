@@ -373,3 +373,19 @@ def test_neuroon_constructor_takes_storage_objects(api, tmp_path):
     )
     Neuroon(app, storage=storage)
     assert app.extensions["neuroon"].storage is storage
+
+
+def test_a_mirror_set_over_plain_http_to_a_real_host_warns_once(api, make_app, caplog):
+    app, neuroon = make_app(api, SECRET_KEY=SECRET, NEUROON_SNAPSHOTS="cookie")
+    cookie = {"Cookie": "neuroon_clicks=" + click_cookie(CLICKS)}
+    for order_id in ("H-1", "H-2"):
+        with app.test_request_context(base_url="http://shop.example", headers=cookie):
+            neuroon.persist_before_gateway(order_id)
+    assert caplog.text.count("browsers drop it") == 1
+    caplog.clear()
+    secure_app, secure_neuroon = make_app(api, SECRET_KEY=SECRET, NEUROON_SNAPSHOTS="cookie")
+    with secure_app.test_request_context(base_url="https://shop.example", headers=cookie):
+        assert secure_neuroon.persist_before_gateway("H-3") == 1
+    with secure_app.test_request_context(base_url="http://127.0.0.1:5000", headers=cookie):
+        assert secure_neuroon.persist_before_gateway("H-4") == 1
+    assert "browsers drop it" not in caplog.text
