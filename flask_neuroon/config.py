@@ -150,7 +150,9 @@ def _schedule(value: Any) -> tuple[float, ...]:
 def _snapshots(value: Any, has_secret_key: bool) -> str:
     key = "NEUROON_SNAPSHOTS"
     if value is None or value == "":
-        return "both" if has_secret_key else "storage"
+        # Opt-in: the mirror rides on every request for the snapshot TTL, which a shop
+        # with shared storage pays for nothing.
+        return "storage"
     mode = str(value).strip().lower()
     if mode not in SNAPSHOT_MODES:
         raise ConfigurationError(key, f"must be one of {', '.join(SNAPSHOT_MODES)}, not {value!r}")

@@ -576,6 +576,20 @@ class Neuroon:
             delivery._update("dropped", "the in-memory send queue is full")
         return delivery
 
+    def confirm(self, order: Any, clicks: Mapping[str, str] | None = None) -> None:
+        """From inside a view: track ``order`` once this request's response turns out not
+        to be an error (below 400). For views that know the order and whether it was
+        paid, where :meth:`on_order_confirmed` would have to load it again."""
+
+        @after_this_request
+        def track_after_response(response: Response) -> Response:
+            if response.status_code < 400:
+                try:
+                    self.track_conversion(order, clicks)
+                except Exception:
+                    logger.exception("flask-neuroon: tracking the confirmed order failed")
+            return response
+
     def flush(self, timeout: float = 10.0) -> int:
         """Wait up to ``timeout`` seconds for queued and due sends.
 

@@ -154,7 +154,8 @@ def assert_lax_cookie_stayed_behind(purchase: Purchase) -> None:
 @pytest.mark.parametrize(
     ("snapshots", "in_storage", "in_mirror"),
     [
-        pytest.param(None, True, True, id="default-both"),
+        pytest.param(None, True, False, id="default-storage"),
+        pytest.param("both", True, True, id="both"),
         pytest.param("storage", True, False, id="storage"),
         pytest.param("cookie", False, True, id="cookie"),
     ],

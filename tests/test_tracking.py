@@ -383,3 +383,21 @@ def test_an_adapter_returning_something_else_is_an_invalid_order(api, make_app, 
         delivery = neuroon.track_conversion(make_order("AD-1"))
     assert delivery.status == "invalid"
     assert "returned dict, not an Order or None" in (delivery.error or "")
+
+
+def test_confirm_inside_the_view_tracks_only_a_successful_answer(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+
+    @app.post("/paid/<order_id>")
+    def paid(order_id: str):
+        order = make_order(order_id)
+        neuroon.confirm(order, clicks={"SKU-RED": "log"})
+        if order_id.startswith("FAIL"):
+            return "payment declined", 402
+        return "thanks"
+
+    client = app.test_client()
+    assert client.post("/paid/OK-1").status_code == 200
+    assert client.post("/paid/FAIL-1").status_code == 402
+    assert api.received_count("OK-1") == 1
+    assert api.received_count("FAIL-1") == 0
