@@ -21,8 +21,18 @@ All times are POSIX seconds (float). Every method may raise
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+#: Threads flask-neuroon starts (senders, sweeper) are named so; storage may let them wait
+#: longer for a lock than a shop's request thread, which must not stall a checkout.
+BACKGROUND_THREAD_PREFIX = "neuroon-"
+
+
+def in_background_thread() -> bool:
+    return threading.current_thread().name.startswith(BACKGROUND_THREAD_PREFIX)
+
 
 PENDING = "pending"
 SENT = "sent"
@@ -155,4 +165,14 @@ class Storage(abc.ABC):
         return f"<{type(self).__name__} {self.display_uri}>"
 
 
-__all__ = ["DEAD", "PENDING", "SENT", "STATES", "OutboxRow", "OutboxStats", "Storage"]
+__all__ = [
+    "BACKGROUND_THREAD_PREFIX",
+    "DEAD",
+    "PENDING",
+    "SENT",
+    "STATES",
+    "OutboxRow",
+    "OutboxStats",
+    "Storage",
+    "in_background_thread",
+]

@@ -89,6 +89,7 @@ outbox_table = Table(
     Column("lease_until", Double),
     Column("claim_token", String(64)),
     Index("neuroon_outbox_due", "state", "next_attempt_at"),
+    Index("neuroon_outbox_claim", "claim_token"),
     **_MYSQL,
 )
 
@@ -305,6 +306,7 @@ class SQLAlchemyStorage(Storage):
                 if not ids:
                     return []
                 connection.execute(update(_t).where(_t.c.order_id.in_(ids)).values(lease))
+                mine: ColumnElement[bool] = _t.c.order_id.in_(ids)  # read back by primary key
             else:
                 # One statement: the database serialises it, and the repeated condition
                 # makes it claim nothing that another claimer took first.
@@ -313,9 +315,10 @@ class SQLAlchemyStorage(Storage):
                     .where(_t.c.order_id.in_(due.scalar_subquery()), claimable)
                     .values(lease)
                 )
+                mine = _t.c.claim_token == token  # read back through its index
             found = connection.execute(
                 select(*_ROW_COLUMNS)
-                .where(_t.c.claim_token == token, _t.c.state == PENDING)
+                .where(mine, _t.c.claim_token == token, _t.c.state == PENDING)
                 .order_by(_t.c.next_attempt_at)
             ).all()
         return [_row(values) for values in found]
