@@ -28,12 +28,19 @@ from . import _fork
 from .client import NeuroonClient, SendResult
 from .errors import StorageError
 from .outbox import Outbox
-from .storage.base import OutboxRow
+from .storage.base import BACKGROUND_THREAD_PREFIX, PENDING, OutboxRow
 
 logger = logging.getLogger("flask_neuroon")
 
 #: ``(order_id, status, result)``: called after every attempt, from the sending thread.
 Report = Callable[[str, str, Union[SendResult, None]], None]
+
+#: Most rows one drain claim takes (when a long NEUROON_CLAIM_LEASE allows several).
+_MAX_CLAIM_BATCH = 16
+#: How long a sweep's drain may go on before it checks in again.
+_DRAIN_SECONDS = 60.0
+#: How long close() waits for the sender threads to stop.
+_JOIN_SECONDS = 2.0
 
 _DIRECT_STATUS = {"sent": "sent", "duplicate": "duplicate", "retry": "failed", "reject": "failed"}
 
@@ -74,6 +81,28 @@ class Courier:
             status = "retrying"
         self._report(row.order_id, status, result)
         return status
+
+    def drain(
+        self, deadline: float, batch: int = 1, stopping: threading.Event | None = None
+    ) -> int:
+        """Claim the next due rows (whichever: several drains, in several processes, claim
+        disjoint rows instead of racing for the same ids) and send them, until none is
+        due or ``deadline`` (monotonic) has passed. Returns how many were sent."""
+        if self.outbox is None:
+            return 0
+        sent = 0
+        while time.monotonic() < deadline and not (stopping and stopping.is_set()):
+            try:
+                rows = self.outbox.claim(batch)
+            except StorageError as exc:
+                logger.warning("flask-neuroon: cannot claim due rows: %s", exc)
+                break
+            if not rows:
+                break
+            for row in rows:
+                self.deliver_row(row)
+            sent += len(rows)
+        return sent
 
     def deliver_direct(self, order_id: str, body: str) -> str:
         """Send without the outbox: one attempt."""
@@ -151,16 +180,16 @@ class SyncDispatcher(Dispatcher):
         return True
 
     def flush(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            due = self._due_ids(100)
-            if not due:
-                break
-            for order_id in due:
-                if time.monotonic() >= deadline:
-                    break
-                self.courier.deliver_id(order_id)
+        self.courier.drain(time.monotonic() + timeout)
         return self._outbox_pending()
+
+
+def _claimable(row: OutboxRow, now: float) -> bool:
+    return (
+        row.state == PENDING
+        and row.next_attempt_at <= now
+        and (row.lease_until is None or row.lease_until <= now)
+    )
 
 
 class _AwaitRow(NamedTuple):
@@ -168,8 +197,19 @@ class _AwaitRow(NamedTuple):
     deadline: float
 
 
-#: An outbox order id, (order id, body) to send directly, or a row still being committed.
-_Job = Union[str, tuple[str, str], _AwaitRow]
+class _Drain:
+    """Claim the next due rows and send them, again and again, until none is due (or
+    ``deadline``, monotonic, has passed): how a flush sends what is due."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+
+#: An outbox order id, (order id, body) to send directly, a row still being committed,
+#: or a drain of the due rows (flush).
+_Job = Union[str, tuple[str, str], _AwaitRow, _Drain]
 
 
 class ThreadDispatcher(Dispatcher):
@@ -221,13 +261,15 @@ class ThreadDispatcher(Dispatcher):
                 return
             while len(self._threads) < self.workers:
                 thread = threading.Thread(
-                    target=self._work, name=f"neuroon-sender-{len(self._threads)}", daemon=True
+                    target=self._work,
+                    name=f"{BACKGROUND_THREAD_PREFIX}sender-{len(self._threads)}",
+                    daemon=True,
                 )
                 thread.start()
                 self._threads.append(thread)
             if self.flush_interval and self._sweeper is None:
                 self._sweeper = threading.Thread(
-                    target=self._sweep, name="neuroon-sweeper", daemon=True
+                    target=self._sweep, name=f"{BACKGROUND_THREAD_PREFIX}sweeper", daemon=True
                 )
                 self._sweeper.start()
             if not self._atexit_registered:
@@ -241,13 +283,26 @@ class ThreadDispatcher(Dispatcher):
     def close(self, timeout: float = 0.0) -> None:
         if timeout > 0:
             left = self.flush(timeout, pull_due=False)
-            if left:
+            if left and self.courier.outbox is not None:
                 logger.info(
-                    "flask-neuroon: %d conversions still queued at exit; they stay in the outbox",
+                    "flask-neuroon: %d conversions of this process not sent yet at exit;"
+                    " they stay in the outbox",
+                    left,
+                )
+            elif left:
+                logger.warning(
+                    "flask-neuroon: %d conversions not sent at exit are lost (NEUROON_OUTBOX"
+                    " is off)",
                     left,
                 )
         self._stopping.set()
         self._wake.set()
+        # Let the senders finish the statement or request they are in before the storage
+        # closes under them (bounded: a send may wait for its read timeout).
+        deadline = time.monotonic() + _JOIN_SECONDS
+        for thread in [*self._threads, *([self._sweeper] if self._sweeper else [])]:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     # --- queueing --------------------------------------------------------------------
 
@@ -282,14 +337,28 @@ class ThreadDispatcher(Dispatcher):
             return 0
         try:
             free = self.max_pending - self._queue.qsize()
+            if free <= 0:
+                return 0
+            # The oldest due rows are mostly the ones already waiting in the queue: read
+            # past them, or a backlog would be pulled in only by the next sweep.
+            with self._lock:
+                waiting = len(self._queued)
+            limit = free + waiting
+            due = self._due_ids(limit)
             queued = 0
-            for order_id in self._due_ids(free):
+            for order_id in due:
                 with self._lock:
                     if order_id in self._queued:
                         continue
                 if not self.submit_id(order_id):
-                    break
+                    break  # the queue is full: _put flagged the backlog
                 queued += 1
+                if queued >= free:
+                    break
+            if queued >= free or len(due) >= limit:
+                # Every free slot taken, or more rows due than were read: pull in the rest
+                # as the queue drains instead of waiting for the next sweep.
+                self._backlog = True
             return queued
         finally:
             self._refilling.release()
@@ -313,7 +382,7 @@ class ThreadDispatcher(Dispatcher):
                 self._queue.task_done()
             if self._backlog and self._queue.qsize() <= self.max_pending // 2:
                 self._backlog = False
-                self._refill()
+                self._pull_due(time.monotonic() + _DRAIN_SECONDS)
 
     def _handle(self, job: _Job) -> None:
         """Run one job in a sender thread (a subclass may hand it on instead)."""
@@ -321,19 +390,39 @@ class ThreadDispatcher(Dispatcher):
             self.courier.deliver_id(job)
         elif isinstance(job, _AwaitRow):
             self._deliver_when_visible(job)
+        elif isinstance(job, _Drain):
+            self._drain(job)
         else:
             self.courier.deliver_direct(*job)
+
+    def _claim_batch(self) -> int:
+        """Rows one claim may take: as many as can all be sent, one after the other, each
+        taking its worst (connect + read timeout), with the lease's 30 s margin intact.
+        One with the default lease (timeouts + 30 s); more with a longer NEUROON_CLAIM_LEASE.
+        """
+        outbox = self.courier.outbox
+        worst = sum(self.courier.client.timeout)
+        if outbox is None or worst <= 0:
+            return 1
+        return max(1, min(_MAX_CLAIM_BATCH, int((outbox.lease_seconds - 30.0) / worst + 1e-9)))
+
+    def _drain(self, job: _Drain) -> None:
+        self.courier.drain(job.deadline, self._claim_batch(), self._stopping)
 
     def _deliver_when_visible(self, job: _AwaitRow) -> None:
         """Deliver a row whose transaction was committing when it was submitted."""
         outbox = self.courier.outbox
         while self.courier.deliver_id(job.order_id) is None and outbox is not None:
             try:
-                exists = outbox.storage.get(job.order_id) is not None
+                row = outbox.storage.get(job.order_id)
             except StorageError:
                 return  # the sweeper will find it
-            if exists or time.monotonic() >= job.deadline:
-                return  # someone else holds it, or it was never committed
+            if row is not None and not _claimable(row, outbox.clock()):
+                return  # someone else holds it, or it is sent, dead or waiting for a retry
+            # Absent: not committed yet. Present and claimable: the commit landed after
+            # our claim looked. Either way, look again until the deadline.
+            if time.monotonic() >= job.deadline:
+                return  # never committed
             time.sleep(0.01)
 
     def _sweep(self) -> None:
@@ -344,11 +433,27 @@ class ThreadDispatcher(Dispatcher):
             if self._stopping.is_set():
                 return
             try:
-                self._refill()
+                self._pull_due(time.monotonic() + _DRAIN_SECONDS)
                 if self.on_sweep is not None:
                     self.on_sweep()
             except Exception:
                 logger.exception("flask-neuroon: outbox sweep failed")
+
+    def _pull_due(self, deadline: float) -> int:
+        """Have the due outbox rows sent: drained by this process's senders, or, when the
+        sends happen elsewhere (Celery), handed on by id."""
+        return self._start_drain(deadline) if self.sends_here else self._refill()
+
+    def _start_drain(self, deadline: float) -> int:
+        """Set every sender thread draining the due rows; 0 when none is due."""
+        if not self._due_ids(1):
+            return 0
+        started = 0
+        for _ in range(self.workers):
+            if not self._put(_Drain(deadline)):
+                break
+            started += 1
+        return started
 
     # --- waiting ---------------------------------------------------------------------
 
@@ -372,8 +477,10 @@ class ThreadDispatcher(Dispatcher):
             idle = self._wait_idle(deadline) if self._threads else not self._queue.unfinished_tasks
             if not idle or not pull_due or time.monotonic() >= deadline:
                 break
-            if not self._refill():
+            if not self._pull_due(deadline):
                 break
+        if not pull_due:
+            return self._queue.unfinished_tasks  # this process's own, in memory
         # Every queued or in-flight id is also a pending outbox row: the larger count
         # covers both, plus rows waiting for a retry time and rows of other processes.
         return max(self._queue.unfinished_tasks, self._outbox_pending())
