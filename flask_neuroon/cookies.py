@@ -55,9 +55,11 @@ The rules:
 from __future__ import annotations
 
 import binascii
+import contextlib
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -88,6 +90,22 @@ MAX_DECODE_ROUNDS = 3
 logger = logging.getLogger("flask_neuroon.cookies")
 
 _PREVIEW_LENGTH = 60
+
+#: The last clean parses, by raw cookie value. A shopper's requests carry the same cookie
+#: until their next click, so a worker parses it about twice instead of on every page that
+#: reads it (a hit costs a hash and a copy: a few microseconds instead of a few tens). A
+#: value is kept the second time it is parsed (its hash is noted the first time): keeping
+#: every value would cost the many cookies seen once more than the cache saves. Only
+#: values the widget's fast path took whole are kept (nothing was dropped or logged for
+#: them, so a hit returns and logs exactly what a parse would), at most _RECENT_SIZE of at
+#: most _RECENT_VALUE_LENGTH characters, least recently used out first; every hit gets its
+#: own copy. C-level dict and set operations only: atomic under the GIL, no lock to hold
+#: (or to inherit across a fork).
+_RECENT_SIZE = 256
+_RECENT_VALUE_LENGTH = 8192
+_SEEN_SIZE = 4096
+_recent: OrderedDict[str, dict[str, str]] = OrderedDict()
+_seen: set[int] = set()
 
 # Starts like a percent-encoded object: "%7B..." or "{%22...". Anchored, one optional
 # group, no nested repetition: it cannot backtrack more than linearly.
@@ -198,6 +216,12 @@ def _parse_header(header: str | None, name: str) -> dict[str, str]:
 
 
 def _parse_value(value: str) -> dict[str, str]:
+    if len(value) <= _RECENT_VALUE_LENGTH:
+        cached = _recent.get(value)
+        if cached is not None:
+            with contextlib.suppress(KeyError):  # another thread may have just evicted it
+                _recent.move_to_end(value)
+            return dict(cached)
     if len(value) > MAX_VALUE_LENGTH:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -237,6 +261,7 @@ def _parse_value(value: str) -> dict[str, str]:
             pairs, plain = _parse_broken(text, error, plain)
             return _clean(pairs, plain)
         if _all_valid(clicks, plain, text):
+            _remember(value, clicks)
             return clicks  # type: ignore[no-any-return]
         # Something to drop or a duplicate: decode again as pairs and sort it out.
     try:
@@ -244,6 +269,22 @@ def _parse_value(value: str) -> dict[str, str]:
     except (ValueError, RecursionError) as error:
         pairs, plain = _parse_broken(text, error, plain)
     return _clean(pairs, plain)
+
+
+def _remember(value: str, clicks: dict[str, str]) -> None:
+    """Keep a copy of the clean parse of ``value`` if it was seen before (see _recent)."""
+    if len(value) > _RECENT_VALUE_LENGTH:
+        return
+    seen = hash(value)  # computed already by the look-up in _recent
+    if seen not in _seen:
+        if len(_seen) >= _SEEN_SIZE:
+            _seen.clear()
+        _seen.add(seen)
+        return
+    if len(_recent) >= _RECENT_SIZE:
+        with contextlib.suppress(KeyError):  # threads racing: one may have emptied it
+            _recent.popitem(last=False)
+    _recent[value] = dict(clicks)
 
 
 def _all_valid(clicks: dict[str, Any], plain: bool, text: str | None = None) -> bool:
