@@ -280,3 +280,51 @@ def test_retry_all_sends_every_dead_letter_after_an_outage(api, make_app):
     assert len(api.conversions) == 30
     assert "dead: 0" in cli(app, "outbox").output
     assert cli(app, "retry").exit_code != 0  # neither an id nor --all
+
+
+def test_send_never_raises_even_for_a_missing_ca_bundle(monkeypatch):
+    from flask_neuroon.client import NeuroonClient
+    from flask_neuroon.config import Secret
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")
+    client = NeuroonClient(
+        "https://127.0.0.1:9/x", api_key=Secret(API_KEY), origin="http://127.0.0.1", timeout=(1, 1)
+    )
+    result = client.send("{}")
+    assert result.outcome == "retry"
+    assert "CA certificate bundle" in result.message
+
+
+def test_an_api_answer_quoting_the_key_is_scrubbed(api, make_app, caplog):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    api.fail(1, status=401, body=f'{{"error": "unknown key {API_KEY}"}}')
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("ECHO-1"), clicks={})
+    assert delivery.error == "HTTP 401: unknown key ***"
+    assert API_KEY not in caplog.text
+    assert API_KEY not in cli(app, "outbox").output
+
+
+def test_a_locked_sqlite_file_delays_checkout_by_seconds_not_minutes(api, make_app, tmp_path):
+    import sqlite3
+
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    add_checkout_routes(app, neuroon)
+    make_order("LOCK-1")
+    with app.app_context():  # create the file and its tables
+        neuroon.track_conversion(make_order("LOCK-0"), clicks={})
+    blocker = sqlite3.connect(tmp_path / "neuroon.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # VACUUM, a long transaction of another tool...
+    try:
+        client = app.test_client()
+        set_clicks(client, {"SKU-RED": "r"})
+        started = time.perf_counter()
+        assert client.post("/checkout/LOCK-1/pay").status_code == 302
+        assert client.post("/payment/return", data={"order": "LOCK-1"}).status_code == 200
+        elapsed = time.perf_counter() - started
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert elapsed < 12, elapsed  # each storage call gives up after 2 s
+    assert api.received_count("LOCK-1") == 1  # sent directly, attributed from the cookie
+    assert api.conversions[-1].attributed_value == Decimal("39.98")

@@ -43,7 +43,9 @@ def mirror_of(response) -> SimpleCookie:
 
 
 def test_the_snapshot_sets_a_signed_mirror_cookie_browsers_send_cross_site(api, make_app):
-    app, neuroon = make_app(api, SECRET_KEY=SECRET, NEUROON_SNAPSHOT_TTL=3600, NEUROON_SNAPSHOTS="both")
+    app, neuroon = make_app(
+        api, SECRET_KEY=SECRET, NEUROON_SNAPSHOT_TTL=3600, NEUROON_SNAPSHOTS="both"
+    )
     add_checkout_routes(app, neuroon)
     make_order("M-1")
     client = app.test_client()
@@ -151,7 +153,10 @@ def test_mirror_modes_follow_the_secret_key():
     }
     assert Settings.from_config(base).snapshots == "storage"
     assert Settings.from_config({**base, "SECRET_KEY": "k"}).snapshots == "storage"
-    assert Settings.from_config({**base, "SECRET_KEY": "k", "NEUROON_SNAPSHOTS": "both"}).snapshots == "both"
+    assert (
+        Settings.from_config({**base, "SECRET_KEY": "k", "NEUROON_SNAPSHOTS": "both"}).snapshots
+        == "both"
+    )
     assert (
         Settings.from_config({**base, "SECRET_KEY": "k", "NEUROON_SNAPSHOTS": "storage"}).snapshots
         == "storage"
