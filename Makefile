@@ -23,11 +23,14 @@ shop: $(READY)  ## run the demo shop, the gateway and the fake API for a person 
 
 lint: $(READY)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check flask_neuroon tests examples
+	$(BIN)/ruff format --check flask_neuroon tests examples benchmarks
 	$(BIN)/mypy
 
 test: lint  ## lint, types, then the whole suite
 	$(BIN)/python -m pytest
+
+bench: $(READY)  ## the benchmarks: a table of ratios, figures in benchmarks/results/latest.json
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info

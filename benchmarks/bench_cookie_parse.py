@@ -11,7 +11,10 @@ and accents, UUID searchLogIds.
 ``werkzeug.http.parse_cookie`` splits the whole header into a MultiDict and decodes
 nothing; ours finds the one cookie, percent-decodes it, decodes and validates the JSON.
 The figure that matters is ours per parse (target: <= 25 us on the reference machine);
-the ratio makes it comparable across machines. Two more lines, for information: the same
+the ratio makes it comparable across machines. The parser keeps its last clean results
+(a shopper sends the same cookie until the next click), so each timed call first forgets
+them: these are full parses; the line "the same header again" times the kept result.
+Two more lines, for information: the same
 cookie cut by the widget in the middle of an entry (the salvage path), and a cookie whose
 accented ids go beyond Latin-1.
 """
@@ -28,6 +31,7 @@ from urllib.parse import quote
 
 from werkzeug.http import parse_cookie
 
+from flask_neuroon import cookies
 from flask_neuroon.cookies import COOKIE_NAME, parse_click_header
 
 HEADER_SIZE = 4096
@@ -103,6 +107,20 @@ def per_call_us(parse: Callable[[str], object], header: str) -> float:
     return min(timer.repeat(repeat=REPEAT, number=NUMBER)) / NUMBER * 1e6
 
 
+def forget_parsed() -> None:
+    """Empty the parser's memory of recent cookies (where it has one)."""
+    for name in ("_recent", "_seen"):
+        kept = getattr(cookies, name, None)
+        if kept is not None:
+            kept.clear()
+
+
+def parse_new(header: str) -> dict[str, str]:
+    """A full parse: the parser keeps its recent clean results, so forget them first."""
+    forget_parsed()
+    return parse_click_header(header)
+
+
 def main() -> int:
     header, clicks = build_header()
     assert parse_click_header(header) == clicks, "the parser disagrees with the generated map"
@@ -123,13 +141,15 @@ def main() -> int:
         ("cut cookie  ", cut),
         ("non-Latin-1 ", wide),
     ):
-        mine = per_call_us(parse_click_header, sample)
+        mine = per_call_us(parse_new, sample)
         theirs = per_call_us(parse_cookie, sample)
         ours = ours or mine
         print(
             f"{label} ours {mine:6.2f} us  werkzeug.http.parse_cookie {theirs:6.2f} us  "
             f"ratio {mine / theirs:4.2f}"
         )
+    again = per_call_us(parse_click_header, header)
+    print(f"the same header again (kept from the last parse): {again:6.2f} us")
     verdict = "met" if ours <= TARGET_US else "MISSED"
     print(f"target <= {TARGET_US:.0f} us per full-header parse: {verdict}")
     return 0
