@@ -106,10 +106,10 @@ def order(number: int | str, clicks: Mapping[str, str], prefix: str = "bench") -
 def stop(app: Flask, timeout: float = 10.0) -> None:
     """Stop the extension's sender threads, wait for them to finish, then close storage.
 
-    ``neuroon.shutdown()`` closes every thread's SQLite connection at once, from the
-    calling thread; a sender thread that is in the middle of a statement at that moment
-    takes the interpreter down with it (a segmentation fault, seen in these benchmarks
-    and reported). So the threads go first here.
+    ``neuroon.shutdown()`` leaves the SQLite connection of a sender thread that is still
+    running open (closing it under a statement would crash the interpreter, as these
+    benchmarks once showed), so that a run leaves nothing open the threads go first here
+    and are joined, then storage closes every connection.
     """
     state = app.extensions.get("neuroon")
     if state is None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
+import threading
 import time
 from decimal import Decimal
 
 import pytest
 
 from flask_neuroon.cli import neuroon_cli
+from flask_neuroon.client import NeuroonClient
+from flask_neuroon.config import Secret
 from flask_neuroon.storage import DEAD, SENT
 from flask_neuroon.testing import FakeNeuroonAPI
 
@@ -328,3 +332,89 @@ def test_a_locked_sqlite_file_delays_checkout_by_seconds_not_minutes(api, make_a
     assert elapsed < 12, elapsed  # each storage call gives up after 2 s
     assert api.received_count("LOCK-1") == 1  # sent directly, attributed from the cookie
     assert api.conversions[-1].attributed_value == Decimal("39.98")
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A loopback HTTP/1.1 server that records each request and answers from a script."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, str]]
+    answers: list[tuple[int, dict[str, str]]]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        self.seen.append(
+            {
+                "line": self.requestline,
+                "cookie": self.headers.get("Cookie") or "",
+                "port": str(self.client_address[1]),
+                "body": body,
+            }
+        )
+        status, headers = self.answers.pop(0) if self.answers else (200, {})
+        payload = b'{"success":true}'
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder():
+    handler = type("Handler", (_Recorder,), {"seen": [], "answers": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, handler
+    server.shutdown()
+    server.server_close()
+
+
+def _client(url: str) -> NeuroonClient:
+    return NeuroonClient(
+        f"{url}/api/plugin/shops/shop_1/track/conversion",
+        api_key=Secret(API_KEY),
+        origin="https://shop.example",
+        timeout=(3.05, 10),
+    )
+
+
+def test_sends_reuse_one_keep_alive_connection(recorder):
+    server, handler = recorder
+    client = _client(f"http://127.0.0.1:{server.server_port}")
+    results = [client.send(f'{{"orderId": "K-{number}"}}') for number in range(5)]
+    assert [result.outcome for result in results] == ["sent"] * 5
+    assert [seen["body"] for seen in handler.seen] == [f'{{"orderId": "K-{n}"}}' for n in range(5)]
+    assert len({seen["port"] for seen in handler.seen}) == 1  # one TCP connection for all five
+
+
+def test_a_cookie_the_api_sets_is_sent_back_and_redirects_are_not_followed(recorder):
+    server, handler = recorder
+    handler.answers.extend(
+        [(200, {"Set-Cookie": "lb=node-2; Path=/"}), (302, {"Location": "/elsewhere"})]
+    )
+    client = _client(f"http://127.0.0.1:{server.server_port}")
+    assert client.send('{"orderId": "C-1"}').outcome == "sent"
+    redirected = client.send('{"orderId": "C-2"}')
+    assert (redirected.outcome, redirected.status_code) == ("reject", 302)
+    assert client.send('{"orderId": "C-3"}').outcome == "sent"
+    assert [seen["cookie"] for seen in handler.seen] == ["", "lb=node-2", "lb=node-2"]
+    assert all("/elsewhere" not in seen["line"] for seen in handler.seen)
+
+
+def test_the_environments_proxy_is_used(recorder, monkeypatch):
+    proxy, handler = recorder  # it answers as the API would, and records the request line
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = _client("http://127.0.0.1:9")  # nothing listens there: only the proxy can answer
+    assert client.send('{"orderId": "P-1"}').outcome == "sent"
+    assert handler.seen[0]["line"] == (
+        "POST http://127.0.0.1:9/api/plugin/shops/shop_1/track/conversion HTTP/1.1"
+    )
