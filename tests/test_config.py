@@ -156,3 +156,15 @@ def test_an_api_key_that_cannot_be_a_header_fails_at_start_without_showing_it(ke
 )
 def test_origins_are_sent_in_their_ascii_canonical_form(origin, sent):
     assert settings(NEUROON_ORIGIN=origin).origin == sent
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///:memory:", "sqlite:///file::memory:?cache=shared"])
+def test_sqlite_in_memory_is_refused_with_the_way_out(uri, tmp_path):
+    # One in-memory database per connection: the sender threads would never see the rows.
+    app = Flask("mem", instance_path=str(tmp_path))
+    app.config.update(GOOD, NEUROON_STORAGE_URI=uri)
+    with pytest.raises(ConfigurationError, match="use memory://") as caught:
+        Neuroon(app)
+    assert caught.value.key == "NEUROON_STORAGE_URI"
+    assert "neuroon" not in app.extensions
+    assert list(tmp_path.iterdir()) == []  # no file named ":memory:" left behind

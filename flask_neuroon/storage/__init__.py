@@ -44,6 +44,14 @@ def storage_from_uri(
             )
         parts = urlsplit("sqlite://" + rest)
         path = parts.path[1:]  # one slash: relative; two: absolute
+        if path == ":memory:" or path.startswith("file:"):
+            # An in-memory SQLite database is one per connection, and each sender thread
+            # has its own: the rows the view writes would never reach them.
+            raise ConfigurationError(
+                "NEUROON_STORAGE_URI",
+                "SQLite in memory cannot be shared by the sender threads: use memory:// "
+                "(this process only) or a file such as sqlite:///neuroon.sqlite3",
+            )
         if not os.path.isabs(path):
             path = os.path.join(instance_path or os.getcwd(), path)
         options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
