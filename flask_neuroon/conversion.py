@@ -29,7 +29,16 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from decimal import (
+    ROUND_DOWN,
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 from typing import Any
 
 from .currencies import minor_units
@@ -43,6 +52,19 @@ MAX_ID_LENGTH = 255
 
 # Enough digits that no division or product below loses precision for any real amount.
 _PRECISION = 60
+#: The arithmetic of every amount here, whatever the shop's thread has set: a context that
+#: traps Inexact or Rounded, a precision of 3 or ROUND_FLOOR must not change a payload or
+#: raise into a checkout. Every field is given, so nothing comes from DefaultContext.
+_MONEY = Context(
+    prec=_PRECISION,
+    rounding=ROUND_HALF_UP,
+    Emin=-999999,
+    Emax=999999,
+    capitals=1,
+    clamp=0,
+    flags=[],
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
 
 
 @dataclass
@@ -72,6 +94,11 @@ def _required_id(value: Any, order_id: str | None, field: str) -> str:
 
 def to_decimal(value: Any, order_id: str | None, field: str) -> Decimal:
     """Read an amount without float arithmetic; NaN, infinities and non-numbers are errors."""
+    with localcontext(_MONEY):
+        return _to_decimal(value, order_id, field)
+
+
+def _to_decimal(value: Any, order_id: str | None, field: str) -> Decimal:
     if isinstance(value, bool) or value is None:
         raise InvalidOrder(f"{field} must be a number", order_id=order_id, field=field)
     if isinstance(value, float):
@@ -112,7 +139,7 @@ def _quantity(value: Any, order_id: str | None, field: str) -> int:
         number = value
     else:
         try:
-            as_decimal = to_decimal(value, order_id, field)
+            as_decimal = _to_decimal(value, order_id, field)
         except InvalidOrder:
             raise InvalidOrder(message, order_id=order_id, field=field) from None
         if as_decimal != as_decimal.to_integral_value():
@@ -128,10 +155,10 @@ def _line_total(
 ) -> Decimal:
     if line.line_total is not None:
         field = f"{where}.lineTotal"
-        amount = to_decimal(line.line_total, order_id, field)
+        amount = _to_decimal(line.line_total, order_id, field)
     elif line.unit_price is not None:
         field = f"{where}.unitPrice"
-        amount = to_decimal(line.unit_price, order_id, field) * quantity
+        amount = _to_decimal(line.unit_price, order_id, field) * quantity
     else:
         raise InvalidOrder(
             "a line needs a unitPrice or a lineTotal", order_id=order_id, field=where
@@ -169,10 +196,10 @@ def _loose_line_total(line: OrderLine, exponent: Decimal, order_id: str, where: 
     price (negative for a discount line); 0 when it cannot be read."""
     try:
         if line.line_total is not None:
-            amount = to_decimal(line.line_total, order_id, f"{where}.lineTotal")
+            amount = _to_decimal(line.line_total, order_id, f"{where}.lineTotal")
         elif line.unit_price is not None:
-            quantity = to_decimal(line.quantity, order_id, f"{where}.quantity")
-            amount = to_decimal(line.unit_price, order_id, f"{where}.unitPrice") * quantity
+            quantity = _to_decimal(line.quantity, order_id, f"{where}.quantity")
+            amount = _to_decimal(line.unit_price, order_id, f"{where}.unitPrice") * quantity
         else:
             return Decimal(0)
         return _round(amount, exponent, order_id, where)
@@ -214,14 +241,13 @@ def build_payload(order: Order, clicks: Mapping[str, str]) -> dict[str, Any]:
             order_id=order_id,
             field="currency",
         )
-    exponent = Decimal(1).scaleb(-digits)
+    exponent = Decimal((0, (1,), -digits))  # built exactly, no context involved
 
-    with localcontext() as context:
-        context.prec = _PRECISION
+    with localcontext(_MONEY):
         if order.total is None:
             raise InvalidOrder("orderValue is missing", order_id=order_id, field="orderValue")
         order_value = _round(
-            to_decimal(order.total, order_id, "orderValue"), exponent, order_id, "orderValue"
+            _to_decimal(order.total, order_id, "orderValue"), exponent, order_id, "orderValue"
         )
         if order_value < 0:
             raise InvalidOrder(

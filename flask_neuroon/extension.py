@@ -207,6 +207,13 @@ class _State:
         self._recent_lock = threading.Lock()
 
 
+def _safe_order_id(order: Any) -> str | None:
+    try:
+        return order_id_of(order)
+    except Exception:  # noqa: BLE001 - only for a log line
+        return None
+
+
 class Neuroon:
     """Server-side conversion tracking for the Neuroon search widget.
 
@@ -432,6 +439,16 @@ class Neuroon:
         commit and never after a rollback. Needs SQLAlchemy storage on the same database.
         """
         state = self._state()
+        try:
+            return self._track(state, order, clicks, connection)
+        except Exception as exc:  # a bug of ours must not become the checkout's 500
+            order_id = _safe_order_id(order)
+            logger.exception("flask-neuroon: tracking order %s failed unexpectedly", order_id)
+            return Delivery(order_id, "invalid", f"{type(exc).__name__} while tracking")
+
+    def _track(
+        self, state: _State, order: Any, clicks: Mapping[str, str] | None, connection: Any
+    ) -> Delivery:
         settings = state.settings
         if not settings.active:
             return Delivery(order_id_of(order), "disabled", settings.disabled_reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -453,3 +454,41 @@ def test_very_large_amounts_stay_exact_on_the_wire():
     text = dumps_payload(payload(order, {"A": "1"}))
     assert f'"orderValue":{big}' in text
     assert f'"attributedValue":{big}' in text
+
+
+def _hostile_contexts() -> list[decimal.Context]:
+    trapping = decimal.Context(traps=[decimal.Inexact, decimal.Rounded, decimal.InvalidOperation])
+    lax = decimal.Context(traps=[])  # "abc" would become NaN instead of raising
+    tiny = decimal.Context(prec=3, rounding=decimal.ROUND_FLOOR)
+    return [trapping, lax, tiny]
+
+
+@pytest.mark.parametrize(
+    "hostile", _hostile_contexts(), ids=["traps-inexact", "no-traps", "prec-3"]
+)
+def test_the_shops_decimal_context_changes_nothing(hostile):
+    # A coupon that does not divide evenly: 3 x 7.00 lines, order total 20.00, two clicked.
+    order = {
+        "id": "ctx",
+        "total": "20.00",
+        "currency": "EUR",
+        "lines": [
+            {"sku": "a", "price": "7.00"},
+            {"sku": "b", "price": "7.00"},
+            {"sku": "c", "price": "7.00"},
+        ],
+    }
+    bad = {"id": "ctx-bad", "total": "abc", "currency": "EUR", "lines": []}
+    expected = payload(order, {"a": "1", "b": "2"})
+    with pytest.raises(InvalidOrder) as plain_error:
+        payload(bad, {})
+    with decimal.localcontext(hostile):
+        got = payload(order, {"a": "1", "b": "2"})
+        with pytest.raises(InvalidOrder) as hostile_error:
+            payload(bad, {})
+        assert decimal.getcontext().prec == hostile.prec  # the shop's context is left as it was
+    assert got == expected
+    assert dumps_payload(got) == dumps_payload(expected)
+    assert got["attributedValue"] == Decimal("13.33")  # 14.00 x 20/21 = 13.333...
+    assert sum(c["lineTotal"] for c in got["conversions"]) == got["attributedValue"]
+    assert str(hostile_error.value) == str(plain_error.value)

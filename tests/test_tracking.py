@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import decimal
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 
 import pytest
@@ -401,3 +404,48 @@ def test_confirm_inside_the_view_tracks_only_a_successful_answer(api, make_app):
     assert client.post("/paid/FAIL-1").status_code == 402
     assert api.received_count("OK-1") == 1
     assert api.received_count("FAIL-1") == 0
+
+
+def test_a_view_under_a_decimal_context_that_traps_inexact_still_tracks(api, make_app, dispatch):
+    # A money-careful shop traps Inexact in its own code; the pro-rata share of a coupon
+    # does not divide evenly. The checkout answers 200 and the conversion is delivered.
+    app, neuroon = make_app(api, NEUROON_DISPATCH=dispatch)
+    add_checkout_routes(app, neuroon)
+
+    @app.before_request
+    def strict_money() -> None:
+        decimal.getcontext().traps[decimal.Inexact] = True
+
+    @app.teardown_request
+    def relax(_exc: object) -> None:
+        decimal.getcontext().traps[decimal.Inexact] = False
+
+    # The lines add up to 64.97; a coupon of 4.97 brings the order to 60.00.
+    ORDERS["CTX-1"] = dataclasses.replace(make_order("CTX-1"), total=Decimal("60.00"))
+    client = app.test_client()
+    set_clicks(client, {"SKU-RED": "log-red"})
+    assert client.post("/payment/return", data={"order": "CTX-1"}).status_code == 200
+    with app.app_context():
+        neuroon.flush(5)
+    [conversion] = api.conversions
+    # 39.98 x 60.00 / 64.97 = 36.9213...
+    assert conversion.attributed_value == Decimal("36.92")
+
+
+def test_anything_unexpected_while_tracking_is_logged_never_raised(api, make_app, caplog):
+    class Exploding(Mapping[str, str]):  # a shop's own mapping type, broken
+        def __getitem__(self, key: str) -> str:
+            raise KeyError(key)
+
+        def __iter__(self) -> Iterator[str]:
+            raise RuntimeError("the session store is gone")
+
+        def __len__(self) -> int:
+            return 1
+
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    with app.app_context(), caplog.at_level(logging.ERROR, logger="flask_neuroon"):
+        delivery = neuroon.track_conversion(make_order("BUG-1"), clicks=Exploding())
+    assert (delivery.order_id, delivery.status) == ("BUG-1", "invalid")
+    assert "RuntimeError" in (delivery.error or "")
+    assert "tracking order BUG-1 failed unexpectedly" in caplog.text
