@@ -12,6 +12,7 @@ network failures are logged and signalled; an invalid order is logged with its i
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -205,6 +206,21 @@ class _State:
 
     def _after_fork(self) -> None:
         self._recent_lock = threading.Lock()
+
+
+def _check_signature(function: Any, name: str, expected: str, arguments: int = 0) -> None:
+    """Raise TypeError now if ``function`` cannot be called with ``arguments`` positional
+    arguments (when Python can tell: some builtins have no signature to inspect)."""
+    if not callable(function):
+        raise TypeError(f"{name} must be callable: {expected}")
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*([None] * arguments))
+    except TypeError as exc:
+        raise TypeError(f"{name} must be {expected}; {function!r} cannot be: {exc}") from None
 
 
 def _safe_order_id(order: Any) -> str | None:
@@ -641,6 +657,8 @@ class Neuroon:
         action: Callable[[Any], object], order_id: OrderIdSource, failure: str
     ) -> Callable[[F], F]:
         """Wrap a view: after it answers below 400, run ``action(order id)``; never raise."""
+        if callable(order_id):
+            _check_signature(order_id, "order_id", "order_id() -> the order id, no arguments")
 
         def decorator(view: F) -> F:
             @functools.wraps(view)
@@ -675,7 +693,10 @@ class Neuroon:
         """Track the order after the view answers without error.
 
         ``load_order(order_id)`` returns the shop's order (or None: nothing to track).
+        A callable that cannot take that one argument is refused here, when the view is
+        decorated, rather than failing, logged, at every confirmation.
         """
+        _check_signature(load_order, "load_order", "load_order(order_id) -> the order or None", 1)
 
         def track(key: Any) -> None:
             order = load_order(key) if key is not None else None

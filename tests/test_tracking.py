@@ -449,3 +449,21 @@ def test_anything_unexpected_while_tracking_is_logged_never_raised(api, make_app
     assert (delivery.order_id, delivery.status) == ("BUG-1", "invalid")
     assert "RuntimeError" in (delivery.error or "")
     assert "tracking order BUG-1 failed unexpectedly" in caplog.text
+
+
+def test_decorators_refuse_callables_of_the_wrong_shape_when_the_view_is_decorated(api, make_app):
+    _app, neuroon = make_app(api)
+
+    def find_paid_order():  # reads request.values itself: the natural mistake
+        return None
+
+    with pytest.raises(TypeError, match=r"load_order must be load_order\(order_id\)"):
+        neuroon.on_order_confirmed(load_order=find_paid_order)
+    with pytest.raises(TypeError, match="load_order must be callable"):
+        neuroon.on_order_confirmed(load_order="orders")
+    with pytest.raises(TypeError, match=r"order_id must be order_id\(\)"):
+        neuroon.before_gateway(order_id=lambda request: request.form["id"])
+    # What the README shows, a dict's get, a method, a function with defaults: all fine.
+    neuroon.on_order_confirmed(load_order=ORDERS.get)
+    neuroon.on_order_confirmed(load_order=lambda order_id, session=None: None)
+    neuroon.before_gateway(order_id=lambda: "ORD")
