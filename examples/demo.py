@@ -31,7 +31,6 @@ import signal
 import tempfile
 import threading
 import time
-import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -44,6 +43,7 @@ import requests
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from flask_neuroon._stopping import StopRequest
 from flask_neuroon.testing import FakeNeuroonAPI
 
 from .gateway import create_app as create_gateway_app
@@ -590,30 +590,23 @@ def run() -> int:
 
 
 def serve(*, api_port: int, shop_port: int, gateway_port: int) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: types.FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with demo_stack(api_port=api_port, shop_port=shop_port, gateway_port=gateway_port) as demo:
-            shop = demo.shop_url
-            print("flask-neuroon demo servers (Ctrl-C to stop)")
-            print()
-            print(f"  shop                {shop}/")
-            print(f'                      search "{QUERY}", click a result, buy it, pay')
-            print(f"  payment gateway     {demo.gateway_url}/  (another site: FakePay)")
-            print(f"  Neuroon dashboard   {demo.api.url}/dashboard?refresh=2")
-            print(f"  attribution check   {shop}/_debug/clicks")
-            print(f"  requests seen       {shop}/_debug/requests")
-            print(f"  shop outbox         {demo.instance_path / 'neuroon.sqlite3'}")
-            print(flush=True)
-            while not stop.wait(0.5):
-                pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with (
+        StopRequest().on(signal.SIGINT, signal.SIGTERM) as stop,
+        demo_stack(api_port=api_port, shop_port=shop_port, gateway_port=gateway_port) as demo,
+    ):
+        shop = demo.shop_url
+        print("flask-neuroon demo servers (Ctrl-C to stop)")
+        print()
+        print(f"  shop                {shop}/")
+        print(f'                      search "{QUERY}", click a result, buy it, pay')
+        print(f"  payment gateway     {demo.gateway_url}/  (another site: FakePay)")
+        print(f"  Neuroon dashboard   {demo.api.url}/dashboard?refresh=2")
+        print(f"  attribution check   {shop}/_debug/clicks")
+        print(f"  requests seen       {shop}/_debug/requests")
+        print(f"  shop outbox         {demo.instance_path / 'neuroon.sqlite3'}")
+        print(flush=True)
+        while not stop.wait(0.5):
+            pass
     print("stopped")
     return 0
 

@@ -7,10 +7,10 @@ Installed as a ``flask.commands`` entry point, so every Flask app that calls
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import re
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -20,6 +20,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from ._stopping import StopRequest
 from .config import is_loopback_host
 from .diagnostics import explain_api_answer
 from .dispatch import Dispatcher, ThreadDispatcher
@@ -72,15 +73,52 @@ def _flusher(state: Any) -> Dispatcher:
 
 
 def _flush_once(state: Any, flusher: Dispatcher, timeout: float) -> str:
+    """Flush and say what happened. Raises StorageError when the outbox cannot be read,
+    before or after: a flush that could not look must not report "nothing was due"."""
+    state.outbox.stats()
     before = dict(state.outcomes)
-    left = flusher.flush(timeout)
+    flusher.flush(timeout)
+    left = state.outbox.stats().pending
     done = {key: state.outcomes[key] - before.get(key, 0) for key in state.outcomes}
     summary = ", ".join(f"{count} {status}" for status, count in sorted(done.items()) if count)
     return f"flushed: {summary or 'nothing was due'}; still pending: {left}"
 
 
+class _Number(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.3 on
+    """A finite number above ``minimum`` (or at it, when ``inclusive``): never NaN, never
+    an infinity, never a negative time."""
+
+    name = "number"
+
+    def __init__(self, minimum: float, *, inclusive: bool) -> None:
+        self.minimum = minimum
+        self.inclusive = inclusive
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        low = number < self.minimum or (number == self.minimum and not self.inclusive)
+        if not math.isfinite(number) or low:
+            bound = ">=" if self.inclusive else ">"
+            self.fail(f"{value!r}: must be a finite number {bound} {self.minimum:g}", param, ctx)
+        return number
+
+
+_POSITIVE = _Number(0, inclusive=False)
+
+
 @neuroon_cli.command("flush", help="Send every conversion that is due now (for cron).")
-@click.option("--timeout", default=60.0, show_default=True, help="Give up after this many seconds.")
+@click.option(
+    "--timeout",
+    type=_POSITIVE,
+    default=60.0,
+    show_default=True,
+    help="Give up after this many seconds.",
+)
 @click.option(
     "--all",
     "send_all",
@@ -89,7 +127,11 @@ def _flush_once(state: Any, flusher: Dispatcher, timeout: float) -> str:
 )
 @click.option("--loop", is_flag=True, help="Keep flushing until stopped (SIGTERM, Ctrl-C).")
 @click.option(
-    "--interval", default=10.0, show_default=True, help="With --loop: seconds between rounds."
+    "--interval",
+    type=_POSITIVE,
+    default=10.0,
+    show_default=True,
+    help="With --loop: seconds between rounds.",
 )
 @with_appcontext
 def flush_command(timeout: float, send_all: bool, loop: bool, interval: float) -> None:
@@ -108,30 +150,29 @@ def flush_command(timeout: float, send_all: bool, loop: bool, interval: float) -
         if not loop:
             click.echo(_flush_once(state, flusher, timeout))
             return
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     click.echo(f"flushing every {interval:g} s until stopped")
-    while not stop.is_set():
-        try:
-            line = _flush_once(state, flusher, min(timeout, max(interval, 1.0)))
-            if "nothing was due" not in line:
-                click.echo(line)
-            state.purge_expired_snapshots()
-        except StorageError as exc:
-            click.echo(f"storage unavailable, trying again: {exc}", err=True)
-        # Jitter: several flushers on several hosts do not run in step.
-        stop.wait(interval * random.uniform(0.8, 1.2))
-    flusher.close(state.settings.shutdown_timeout)
+    with StopRequest().on(signal.SIGTERM, signal.SIGINT) as stop:
+        while not stop.requested:
+            try:
+                line = _flush_once(state, flusher, min(timeout, max(interval, 1.0)))
+                if "nothing was due" not in line:
+                    click.echo(line)
+                state.purge_expired_snapshots()
+            except StorageError as exc:
+                click.echo(f"storage unavailable, trying again: {exc}", err=True)
+            # Jitter: several flushers on several hosts do not run in step.
+            stop.wait(interval * random.uniform(0.8, 1.2))
+        flusher.close(state.settings.shutdown_timeout)
     click.echo("stopped")
 
 
 @contextlib.contextmanager
 def _storage_errors() -> Iterator[None]:
+    """A storage failure is one clear line and exit status 1 (cron's monitoring sees it)."""
     try:
         yield
     except StorageError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"storage unavailable: {exc}") from None
 
 
 def _show(row: OutboxRow) -> str:
@@ -146,6 +187,11 @@ def _show(row: OutboxRow) -> str:
 @with_appcontext
 def outbox_command(limit: int) -> None:
     state = _state()
+    with _storage_errors():
+        _show_outbox(state, limit)
+
+
+def _show_outbox(state: Any, limit: int) -> None:
     stats = state.outbox.stats() if state.outbox else None
     if stats is None:
         click.echo("NEUROON_OUTBOX is off.")
@@ -168,7 +214,9 @@ def outbox_command(limit: int) -> None:
 @neuroon_cli.command("retry", help="Send a dead letter again, now (or every one: --all).")
 @click.argument("order_id", required=False)
 @click.option("--all", "every", is_flag=True, help="Every dead letter (after an outage or a fix).")
-@click.option("--timeout", default=300.0, show_default=True, help="With --all: give up after.")
+@click.option(
+    "--timeout", type=_POSITIVE, default=300.0, show_default=True, help="With --all: give up after."
+)
 @with_appcontext
 def retry_command(order_id: str | None, every: bool, timeout: float) -> None:
     state = _state()
@@ -199,7 +247,9 @@ def retry_command(order_id: str | None, every: bool, timeout: float) -> None:
 @with_appcontext
 def drop_command(order_id: str) -> None:
     state = _state()
-    if state.outbox is None or not state.storage.delete(order_id, DEAD):
+    with _storage_errors():
+        dropped = state.outbox is not None and state.storage.delete(order_id, DEAD)
+    if not dropped:
         raise click.ClickException(f"no dead letter {order_id!r} in the outbox")
     click.echo(f"{order_id}: dropped")
 
@@ -208,16 +258,18 @@ def drop_command(order_id: str) -> None:
 @click.option(
     "--sent-older-than",
     "days",
+    type=_Number(0, inclusive=True),
     default=30.0,
     show_default=True,
-    help="Days to keep sent rows (their order ids guard against sending twice).",
+    help="Days to keep sent rows (their order ids guard against sending twice; 0: none).",
 )
 @with_appcontext
 def purge_command(days: float) -> None:
     state = _state()
     now = time.time()
-    snapshots = state.storage.purge_snapshots(now)
-    sent = state.storage.purge_sent(now - days * 86400)
+    with _storage_errors():
+        snapshots = state.storage.purge_snapshots(now)
+        sent = state.storage.purge_sent(now - days * 86400)
     click.echo(f"purged: {snapshots} expired snapshots, {sent} sent rows older than {days:g} days")
 
 

@@ -50,7 +50,7 @@ import threading
 import time
 import types
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Context, Decimal
 from email.message import Message
@@ -60,6 +60,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from itsdangerous import BadData, URLSafeSerializer
 
+from ._stopping import StopRequest
 from ._version import __version__
 
 log = logging.getLogger("flask_neuroon.testing")
@@ -1386,26 +1387,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"cannot bind {args.host}:{args.port}: {exc.strerror or exc}\n")
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: types.FrameType | None) -> None:
-        stop.set()
-
-    previous: Callable[..., Any] | int | None = signal.signal(signal.SIGTERM, on_signal)
     try:
-        sys.stdout.write(api.url + "\n")
-        sys.stdout.flush()
-        sys.stderr.write(
-            f"fake Neuroon API for shop {api.shop_id!r}; dashboard: {api.url}/dashboard; "
-            "Ctrl-C to stop\n"
-        )
-        sys.stderr.flush()
-        while not stop.wait(0.2):
-            pass
+        with StopRequest().on(signal.SIGTERM) as stop:
+            sys.stdout.write(api.url + "\n")
+            sys.stdout.flush()
+            sys.stderr.write(
+                f"fake Neuroon API for shop {api.shop_id!r}; dashboard: {api.url}/dashboard; "
+                "Ctrl-C to stop\n"
+            )
+            sys.stderr.flush()
+            while not stop.wait(0.5):
+                pass
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         api.stop()
     return 0
 

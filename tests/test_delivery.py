@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import http.server
 import logging
+import signal
 import threading
 import time
 from decimal import Decimal
 
 import pytest
 
+from flask_neuroon._stopping import StopRequest
 from flask_neuroon.cli import neuroon_cli
 from flask_neuroon.client import NeuroonClient
 from flask_neuroon.config import Secret
@@ -418,3 +420,60 @@ def test_the_environments_proxy_is_used(recorder, monkeypatch):
     assert handler.seen[0]["line"] == (
         "POST http://127.0.0.1:9/api/plugin/shops/shop_1/track/conversion HTTP/1.1"
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("flush",), ("flush", "--all"), ("outbox",), ("purge",), ("retry", "--all"), ("drop", "X")],
+)
+def test_cli_says_storage_is_unavailable_and_exits_1(api, make_app, args):
+    # A directory that cannot hold a database: every command must fail loudly for cron.
+    app, _neuroon = make_app(api, NEUROON_STORAGE_URI="sqlite:////proc/neuroon/outbox.sqlite3")
+    result = app.test_cli_runner().invoke(neuroon_cli, list(args))
+    assert result.exit_code == 1, result.output
+    assert "Error: storage unavailable:" in result.output
+    assert "nothing was due" not in result.output
+    assert "Traceback" not in result.output and result.exception is not None
+    assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("flush", "--timeout", "-1"),
+        ("flush", "--timeout", "nan"),
+        ("flush", "--timeout", "inf"),
+        ("flush", "--loop", "--interval", "0"),
+        ("flush", "--loop", "--interval", "-1"),
+        ("flush", "--loop", "--interval", "nan"),
+        ("retry", "--all", "--timeout", "0"),
+        ("purge", "--sent-older-than", "-5"),
+        ("purge", "--sent-older-than", "nan"),
+        ("purge", "--sent-older-than", "-inf"),
+        ("purge", "--sent-older-than", "soon"),
+    ],
+)
+def test_cli_refuses_times_that_are_negative_or_not_finite(api, make_app, args):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("KEEP-1"), clicks={}).status == "sent"
+    result = app.test_cli_runner().invoke(neuroon_cli, list(args))
+    assert result.exit_code == 2, result.output  # a usage error, before anything runs
+    assert "must be a finite number" in result.output or "is not a number" in result.output
+    assert app.extensions["neuroon"].storage.get("KEEP-1").state == SENT  # nothing purged
+
+
+def test_a_stop_signal_ends_the_wait_at_once_and_the_old_handler_comes_back():
+    # flush --loop and the servers wait in StopRequest.wait; a signal must end the wait
+    # within a step, not after the interval (and never hang as Event.set() could).
+    before = signal.getsignal(signal.SIGALRM)
+    with StopRequest().on(signal.SIGALRM) as flag:
+        started = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        assert flag.wait(30.0) is True
+        waited = time.monotonic() - started
+        assert flag.wait(30.0) is True  # stays requested: the loop ends
+        assert signal.getsignal(signal.SIGALRM) is flag
+    assert waited < 5.0, waited
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert StopRequest().wait(0.01) is False  # no signal: the wait times out
