@@ -18,6 +18,14 @@ would otherwise look up in the environment on every call (``HTTP(S)_PROXY``/``AL
 and ``NO_PROXY`` for the endpoint, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, ``.netrc``
 credentials) is looked up once, when a session is made, and set on it: the same
 settings, without scanning ``os.environ`` twice and stat-ing ``~/.netrc`` per POST.
+
+Every send goes to the same URL with the same headers, so the session's own adapter is
+asked once per thread for what it would do (the urllib3 connection pool, through the
+proxy and with the CA bundle it chose, the URL to request, the merged headers), and each
+POST then goes straight to that pool: what ``Session.send`` adds per call (hooks, cookie
+jars, redirect resolution, the ``Response`` wrapper) cost more CPU than the POST itself.
+Once the API sets a cookie (a load balancer's), sends take requests' full path, which
+sends it back.
 """
 
 from __future__ import annotations
@@ -29,9 +37,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 import requests
+import urllib3
+from requests.cookies import extract_cookies_to_jar
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError
 
 from ._version import __version__
 from .config import Secret
@@ -70,9 +82,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(delay, 0.0), MAX_RETRY_AFTER)
 
 
-def _message(response: requests.Response) -> str:
+def _message(status: int, text: str) -> str:
     """The API's own words for a failure, short."""
-    text = response.text[:2000]
+    text = text[:2000]
     try:
         body = json.loads(text)
     except ValueError:
@@ -87,23 +99,61 @@ def _message(response: requests.Response) -> str:
         if parts:
             text = "; ".join(parts)
     text = " ".join(text.split())
-    return f"HTTP {response.status_code}: {text[:500]}" if text else f"HTTP {response.status_code}"
+    return f"HTTP {status}: {text[:500]}" if text else f"HTTP {status}"
 
 
-def classify(response: requests.Response) -> SendResult:
-    status = response.status_code
+def classify(status: int, text: str = "", retry_after: str | None = None) -> SendResult:
+    """What an answer with ``status``, body ``text`` and a ``Retry-After`` header means."""
     if 200 <= status < 300:
         return SendResult("sent", status)
     if status == 409:
-        return SendResult("duplicate", status, _message(response))
+        return SendResult("duplicate", status, _message(status, text))
     if status in RETRY_STATUSES or status >= 500:
-        return SendResult(
-            "retry",
-            status,
-            _message(response),
-            parse_retry_after(response.headers.get("Retry-After")),
+        return SendResult("retry", status, _message(status, text), parse_retry_after(retry_after))
+    return SendResult("reject", status, _message(status, text))
+
+
+_TIMEOUT_NAMES = {"ReadTimeoutError": "ReadTimeout", "ConnectTimeoutError": "ConnectTimeout"}
+
+
+def _failure(exc: Exception) -> str:
+    """``last_error`` for a send that got no answer (requests' or urllib3's exception)."""
+    if isinstance(exc, MaxRetryError) and isinstance(exc.reason, Exception):
+        exc = exc.reason
+    refused = isinstance(exc, NewConnectionError)
+    if not refused and isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
+        name = type(exc).__name__
+        return f"timeout: {_TIMEOUT_NAMES.get(name, name)}"
+    if refused or isinstance(exc, (requests.ConnectionError, HTTPError)):
+        return f"connection error: {_scrub(exc)}"
+    if isinstance(exc, requests.RequestException):
+        return f"request failed: {_scrub(exc)}"
+    # Not the network's doing (a missing CA bundle, a header that cannot be encoded), but
+    # never the caller's problem: retried, then dead, with the reason in last_error.
+    return f"{type(exc).__name__}: {_scrub(exc)}"
+
+
+class _Route:
+    """Where and how one thread's POSTs go, as the session's adapter decided it once."""
+
+    __slots__ = ("headers", "pool", "session", "template", "timeout", "url")
+
+    def __init__(self, session: requests.Session, endpoint: str, timeout: tuple[float, float]):
+        self.session = session
+        self.template = session.prepare_request(requests.Request("POST", endpoint))
+        adapter = session.get_adapter(endpoint)
+        if not isinstance(adapter, requests.adapters.HTTPAdapter):
+            raise TypeError(f"unexpected adapter {type(adapter).__name__} for {endpoint}")
+        self.pool = cast(
+            HTTPConnectionPool,
+            adapter.get_connection_with_tls_context(
+                self.template, session.verify, proxies=session.proxies, cert=session.cert
+            ),
         )
-    return SendResult("reject", status, _message(response))
+        adapter.cert_verify(self.pool, endpoint, session.verify, session.cert)  # type: ignore[no-untyped-call]
+        self.url = adapter.request_url(self.template, session.proxies)
+        self.headers = dict(self.template.headers)
+        self.timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
 
 
 class NeuroonClient:
@@ -131,11 +181,11 @@ class NeuroonClient:
         self._local = threading.local()
         self._pid = os.getpid()
 
-    def _session(self) -> requests.Session:
+    def _route(self) -> _Route:
         if self._pid != os.getpid():
             self._after_fork()
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
+        route: _Route | None = getattr(self._local, "route", None)
+        if route is None:
             session = requests.Session()
             _settle_environment(session, self.endpoint)
             session.headers.update(
@@ -147,55 +197,62 @@ class NeuroonClient:
                     "User-Agent": USER_AGENT,
                 }
             )
-            self._local.session = session
-        return session
-
-    def _prepared(self, session: requests.Session, data: bytes) -> requests.PreparedRequest:
-        """This POST as ``session.post`` would prepare it, from a per-thread template.
-
-        Everything but the body is the same for every send: URL, merged headers, auth.
-        The template is prepared once by the session itself; each send copies it and
-        sets the body (and its Content-Length), skipping requests' per-call merging.
-        """
-        template: requests.PreparedRequest | None = getattr(self._local, "template", None)
-        if template is None or getattr(self._local, "template_of", None) is not session:
-            template = session.prepare_request(requests.Request("POST", self.endpoint))
-            self._local.template = template
-            self._local.template_of = session
-        prepared = template.copy()
-        prepared.prepare_body(data, None)
-        return prepared
+            try:
+                route = _Route(session, self.endpoint, self._timeout)
+            except BaseException:
+                session.close()
+                raise
+            self._local.route = route
+        return route
 
     def send(self, body: str | bytes) -> SendResult:
         data = body.encode("utf-8") if isinstance(body, str) else body
         try:
-            session = self._session()
-            if session.cookies:
-                # The API has set a cookie: requests' full path sends it back.
-                response = session.post(
-                    self.endpoint, data=data, timeout=self._timeout, allow_redirects=False
-                )
+            route = self._route()
+            if route.session.cookies:
+                result = self._send_with_cookies(route, data)
             else:
-                response = session.send(
-                    self._prepared(session, data), timeout=self._timeout, allow_redirects=False
-                )
-        except requests.Timeout as exc:
-            return SendResult("retry", None, f"timeout: {type(exc).__name__}")
-        except requests.ConnectionError as exc:
-            return SendResult("retry", None, self._hide(f"connection error: {_scrub(exc)}"))
-        except requests.RequestException as exc:
-            return SendResult("retry", None, self._hide(f"request failed: {_scrub(exc)}"))
-        except Exception as exc:  # noqa: BLE001 - a missing CA bundle, a header that cannot be encoded
-            # Not the network's doing, but never the caller's problem: retried, then dead,
-            # with the reason in last_error.
-            return SendResult("retry", None, self._hide(f"{type(exc).__name__}: {_scrub(exc)}"))
-        try:
-            result = classify(response)
-        finally:
-            response.close()
+                result = self._send_to_pool(route, data)
+        except Exception as exc:  # noqa: BLE001 - never raises: see _failure
+            return SendResult("retry", None, self._hide(_failure(exc)))
         if result.message:
             result = replace(result, message=self._hide(result.message))
         return result
+
+    @staticmethod
+    def _send_to_pool(route: _Route, data: bytes) -> SendResult:
+        """POST straight to the connection pool the session's adapter chose."""
+        headers = dict(route.headers)
+        headers["Content-Length"] = str(len(data))
+        response = route.pool.urlopen(
+            "POST",
+            route.url,
+            body=data,
+            headers=headers,
+            redirect=False,
+            assert_same_host=False,
+            retries=False,
+            preload_content=True,
+            decode_content=True,
+            timeout=route.timeout,
+        )
+        if "Set-Cookie" in response.headers:
+            extract_cookies_to_jar(route.session.cookies, route.template, response)  # type: ignore[no-untyped-call]
+        status = response.status
+        text = "" if 200 <= status < 300 else response.data[:4000].decode("utf-8", "replace")
+        return classify(status, text, response.headers.get("Retry-After"))
+
+    def _send_with_cookies(self, route: _Route, data: bytes) -> SendResult:
+        """requests' full path: it sends back the cookies the API has set."""
+        response = route.session.post(
+            self.endpoint, data=data, timeout=self._timeout, allow_redirects=False
+        )
+        try:
+            status = response.status_code
+            text = "" if 200 <= status < 300 else response.text[:4000]
+            return classify(status, text, response.headers.get("Retry-After"))
+        finally:
+            response.close()
 
     def _hide(self, text: str) -> str:
         """Never let the key out, even when an error or the API's answer quotes it."""
@@ -203,11 +260,10 @@ class NeuroonClient:
         return text.replace(key, "***") if key else text
 
     def close(self) -> None:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
-            self._local.session = None
-            self._local.template = None
+        route: _Route | None = getattr(self._local, "route", None)
+        if route is not None:
+            route.session.close()
+            self._local.route = None
 
 
 def _settle_environment(session: requests.Session, url: str) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.server
 import logging
+import shutil
 import signal
+import ssl
+import subprocess
 import threading
 import time
 from decimal import Decimal
@@ -168,6 +171,8 @@ def test_a_dropped_connection_is_retried(api, make_app):
     with app.app_context():
         delivery = neuroon.track_conversion(make_order("DROP-1"), clicks={})
         assert delivery.status == "retrying"
+        last_error = app.extensions["neuroon"].storage.get("DROP-1").last_error
+        assert last_error.startswith("connection error: "), last_error
         neuroon.flush(5)
     assert delivery.status == "sent"
     assert len(api.conversions) == 1
@@ -198,6 +203,7 @@ def test_read_timeout_is_retried_and_the_server_deduplicates(api, make_app):
     with app.app_context():
         delivery = neuroon.track_conversion(make_order("TO-1"), clicks={})
         assert delivery.status == "retrying"
+        assert app.extensions["neuroon"].storage.get("TO-1").last_error == "timeout: ReadTimeout"
         time.sleep(0.5)  # the slow answer lands at the server meanwhile
         neuroon.flush(5)
     assert delivery.status == "duplicate"  # 409: the first send did arrive
@@ -408,6 +414,65 @@ def test_a_cookie_the_api_sets_is_sent_back_and_redirects_are_not_followed(recor
     assert client.send('{"orderId": "C-3"}').outcome == "sent"
     assert [seen["cookie"] for seen in handler.seen] == ["", "lb=node-2", "lb=node-2"]
     assert all("/elsewhere" not in seen["line"] for seen in handler.seen)
+
+
+@pytest.fixture
+def tls_recorder(tmp_path):
+    """The recorder behind TLS, with a self-signed certificate for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    handler = type("Handler", (_Recorder,), {"seen": [], "answers": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, handler, cert
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_is_verified_against_the_ca_bundle_of_the_environment(tls_recorder, monkeypatch):
+    server, handler, cert = tls_recorder
+    url = f"https://127.0.0.1:{server.server_port}"
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    untrusted = _client(url).send('{"orderId": "TLS-0"}')
+    assert untrusted.outcome == "retry"  # a certificate nobody vouches for is never trusted
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.message, untrusted.message
+    assert handler.seen == []
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    client = _client(url)
+    assert [client.send(f'{{"orderId": "TLS-{n}"}}').outcome for n in (1, 2)] == ["sent"] * 2
+    assert [seen["body"] for seen in handler.seen] == [
+        '{"orderId": "TLS-1"}',
+        '{"orderId": "TLS-2"}',
+    ]
+    assert len({seen["port"] for seen in handler.seen}) == 1  # kept alive over TLS too
 
 
 def test_the_environments_proxy_is_used(recorder, monkeypatch):
