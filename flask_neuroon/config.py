@@ -48,6 +48,26 @@ DISPATCH_MODES = ("thread", "sync", "celery")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# One DNS label of an ASCII (punycode) host name.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# What may follow the host in NEUROON_API_URL: a path of unreserved and sub-delim characters.
+_URL_PATH = re.compile(r"^(/[A-Za-z0-9\-._~!$&'()*+,;=:@%]*)*$")
+_DAY = 86400.0
+#: Upper bounds: beyond them a value is a slip of the keyboard (and some would overflow a
+#: timestamp or a cookie's expiry date, or start a million threads).
+LIMITS: dict[str, float] = {
+    "NEUROON_SNAPSHOT_TTL": 90 * _DAY,
+    "NEUROON_MAX_WORKERS": 64,
+    "NEUROON_MAX_PENDING": 1_000_000,
+    "NEUROON_TIMEOUT": 300.0,
+    "NEUROON_RETRY_SCHEDULE": 30 * _DAY,
+    "NEUROON_MAX_ATTEMPTS": 100,
+    "NEUROON_FLUSH_INTERVAL": _DAY,
+    "NEUROON_SHUTDOWN_TIMEOUT": 300.0,
+    "NEUROON_CLAIM_LEASE": _DAY,
+}
+#: The shortest sweep interval (0 turns the sweeper off): a sweep is a database query.
+MIN_FLUSH_INTERVAL = 1.0
 
 
 class Secret:
@@ -99,18 +119,32 @@ def _bool(key: str, value: Any) -> bool:
 
 
 def _number(key: str, value: Any, *, minimum: float = 0, allow_equal: bool = True) -> float:
+    """A finite number from ``minimum`` up to the key's limit in :data:`LIMITS`."""
     if isinstance(value, bool):
         raise ConfigurationError(key, f"must be a number, not {value!r}")
+    limit = LIMITS.get(key)
     try:
         number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        number = float("inf") if value > 0 else float("-inf")
+        if limit is None or number < 0:
+            raise ConfigurationError(key, "must be a finite number") from None
     except (TypeError, ValueError):
-        raise ConfigurationError(key, f"must be a number, not {value!r}") from None
-    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigurationError(key, f"must be a number, not {_shown(value)}") from None
+    if number != number or (number in (float("inf"), float("-inf")) and limit is None):
         raise ConfigurationError(key, "must be a finite number")
     if number < minimum or (number == minimum and not allow_equal):
         relation = ">=" if allow_equal else ">"
-        raise ConfigurationError(key, f"must be {relation} {minimum:g}, not {value!r}")
+        raise ConfigurationError(key, f"must be {relation} {minimum:g}, not {_shown(value)}")
+    if limit is not None and number > limit:
+        raise ConfigurationError(key, f"must be <= {limit:g}, not {_shown(value)}")
     return number
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _integer(key: str, value: Any, *, minimum: int) -> int:
@@ -174,55 +208,93 @@ def _claim_lease(timeout: tuple[float, float], value: Any) -> float | None:
     return lease
 
 
+def _port(key: str, parts: Any) -> int | None:
+    """The URL's port, 1 to 65535, or None when it has none."""
+    try:
+        port: int | None = parts.port
+    except ValueError:
+        port = 0
+    if port is not None and not 0 < port < 65536:
+        raise ConfigurationError(key, "has a port outside 1-65535")
+    if port is None and parts.netloc.endswith(":"):
+        raise ConfigurationError(key, "has an empty port")
+    return port
+
+
+def _host(key: str, hostname: str) -> str:
+    """A host name as it goes on the wire: IP literals as they are (IPv6 in brackets),
+    names in lower-case ASCII, an IDN as punycode. Anything else is refused."""
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        pass
+    else:
+        return f"[{address.compressed}]" if address.version == 6 else address.compressed
+    try:
+        ascii_host = hostname.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        ascii_host = ""
+    labels = ascii_host[:-1].split(".") if ascii_host.endswith(".") else ascii_host.split(".")
+    if not ascii_host or len(ascii_host) > 253 or not all(_LABEL.match(lab) for lab in labels):
+        raise ConfigurationError(key, f"has a host name that is not valid: {_shown(hostname)}")
+    return ascii_host
+
+
+def _url_parts(key: str, value: Any, example: str) -> Any:
+    """urlsplit of a URL with no blanks or control characters, scheme http(s), a host."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text:
+        raise ConfigurationError(key, f"must be a URL such as {example}")
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise ConfigurationError(key, "must not contain blanks, line breaks or control characters")
+    parts = urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(key, f"must be scheme://host[:port] such as {example}")
+    return parts
+
+
 def _api_url(value: Any) -> str:
     key = "NEUROON_API_URL"
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(key, "must be a URL such as https://api.neuroon.ai")
-    url = value.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigurationError(key, f"must be an https URL, not {url!r}")
-    if parts.username or parts.password:
+    parts = _url_parts(key, value, "https://api.neuroon.ai")
+    if parts.username is not None or parts.password is not None:
         raise ConfigurationError(key, "must not carry credentials: use NEUROON_API_KEY")
-    if parts.query or parts.fragment:
+    if parts.query or parts.fragment or "?" in value or "#" in value:
         raise ConfigurationError(key, "must not have a query or fragment")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    host = _host(key, parts.hostname)
+    port = _port(key, parts)
+    path = parts.path.rstrip("/")
+    if not _URL_PATH.match(path):
+        raise ConfigurationError(key, f"has a path that is not valid: {_shown(path)}")
+    if parts.scheme == "http" and not is_loopback_host(host.strip("[]")):
         raise ConfigurationError(
-            key, f"must use https ({url!r} is plain http to a host that is not loopback)"
+            key, f"must use https (http://{host} is plain http to a host that is not loopback)"
         )
-    return url
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{path}"
 
 
 def _origin(value: Any) -> str:
     key = "NEUROON_ORIGIN"
-    text = value.strip() if isinstance(value, str) else ""
-    parts = urlsplit(text)
-    try:
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        port_ok = False
-    if (
-        parts.scheme not in ("https", "http")
-        or not parts.hostname
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or parts.username
-        or not port_ok
-    ):
-        raise ConfigurationError(
-            key, f"must be scheme://host[:port] such as https://shop.example, not {value!r}"
-        )
-    host = parts.hostname or ""
-    try:
-        host = host.encode("idna").decode("ascii")  # an IDN goes on the wire as punycode
-    except UnicodeError:
-        raise ConfigurationError(key, f"has a host name that is not valid: {host!r}") from None
-    if ":" in host:
-        host = f"[{host}]"
+    form = "must be scheme://host[:port] such as https://shop.example"
+    parts = _url_parts(key, value, "https://shop.example")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in value:
+        raise ConfigurationError(key, f"{form}, without a path, query or fragment")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ConfigurationError(key, f"{form}, without user or password")
+    host = _host(key, parts.hostname)
+    port = _port(key, parts)
     default_port = {"https": 443, "http": 80}[parts.scheme]
-    port = "" if parts.port in (None, default_port) else f":{parts.port}"
-    return f"{parts.scheme}://{host}{port}".lower()
+    shown_port = "" if port in (None, default_port) else f":{port}"
+    return f"{parts.scheme}://{host}{shown_port}"
+
+
+def _flush_interval(value: Any) -> float:
+    key = "NEUROON_FLUSH_INTERVAL"
+    interval = _number(key, value)
+    if 0 < interval < MIN_FLUSH_INTERVAL:
+        raise ConfigurationError(
+            key, f"must be 0 (off) or >= {MIN_FLUSH_INTERVAL:g} second, not {_shown(value)}"
+        )
+    return interval
 
 
 def _optional_text(key: str, value: Any) -> str | None:
@@ -294,6 +366,19 @@ class Settings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """Validate ``config``; raise :class:`ConfigurationError` naming the key. A message
+        never shows the API key, even when it was pasted into another key."""
+        try:
+            return cls._from_config(config)
+        except ConfigurationError as exc:
+            key = config.get("NEUROON_API_KEY")
+            if isinstance(key, str) and len(key.strip()) >= 4 and key.strip() in str(exc):
+                message = str(exc).split(": ", 1)[-1].replace(key.strip(), "***")
+                raise ConfigurationError(exc.key, message) from None
+            raise
+
+    @classmethod
+    def _from_config(cls, config: Mapping[str, Any]) -> Settings:
         def get(key: str) -> Any:
             value = config.get(key)
             return DEFAULTS[key] if value is None else value
@@ -364,7 +449,7 @@ class Settings:
             timeout=timeout,
             retry_schedule=_schedule(get("NEUROON_RETRY_SCHEDULE")),
             max_attempts=_integer("NEUROON_MAX_ATTEMPTS", get("NEUROON_MAX_ATTEMPTS"), minimum=1),
-            flush_interval=_number("NEUROON_FLUSH_INTERVAL", get("NEUROON_FLUSH_INTERVAL")),
+            flush_interval=_flush_interval(get("NEUROON_FLUSH_INTERVAL")),
             dispatch=dispatch,
             shutdown_timeout=_number("NEUROON_SHUTDOWN_TIMEOUT", get("NEUROON_SHUTDOWN_TIMEOUT")),
             send_unattributed=_bool("NEUROON_SEND_UNATTRIBUTED", get("NEUROON_SEND_UNATTRIBUTED")),
@@ -376,4 +461,12 @@ class Settings:
         )
 
 
-__all__ = ["DEFAULTS", "DISPATCH_MODES", "SNAPSHOT_MODES", "Secret", "Settings", "is_loopback_host"]
+__all__ = [
+    "DEFAULTS",
+    "DISPATCH_MODES",
+    "LIMITS",
+    "SNAPSHOT_MODES",
+    "Secret",
+    "Settings",
+    "is_loopback_host",
+]

@@ -62,18 +62,42 @@ def test_values_from_prefixed_env_strings_are_understood(monkeypatch: pytest.Mon
     ("key", "value", "words"),
     [
         ("NEUROON_API_URL", "http://api.neuroon.ai", "must use https"),
-        ("NEUROON_API_URL", "ftp://api.neuroon.ai", "https URL"),
+        ("NEUROON_API_URL", "ftp://api.neuroon.ai", "scheme://host[:port]"),
+        ("NEUROON_API_URL", "https://api.neuroon.ai:99999", "port outside 1-65535"),
+        ("NEUROON_API_URL", "https://api.neuroon.ai:", "empty port"),
+        ("NEUROON_API_URL", "https://api neuroon.ai", "blanks"),
+        ("NEUROON_API_URL", "https://api.neuroon.ai/\r\nX: y", "line breaks"),
+        ("NEUROON_API_URL", "https://api_neuroon.ai", "host name that is not valid"),
+        ("NEUROON_API_URL", 'https://api.neuroon.ai/a"b', "path that is not valid"),
+        ("NEUROON_API_URL", "https://api.neuroon.ai/?", "query or fragment"),
         ("NEUROON_API_URL", "https://user:pw@api.neuroon.ai", "credentials"),
         ("NEUROON_API_URL", "", "must be a URL"),
         ("NEUROON_ORIGIN", "shop.example", "scheme://host[:port]"),
         ("NEUROON_ORIGIN", "https://shop.example/checkout", "scheme://host[:port]"),
-        ("NEUROON_ORIGIN", "https://shop.example:99999", "scheme://host[:port]"),
+        ("NEUROON_ORIGIN", "https://shop.example:99999", "port outside 1-65535"),
+        ("NEUROON_ORIGIN", "https://shop example", "blanks"),
+        ("NEUROON_ORIGIN", "https://sh<op>.example", "host name that is not valid"),
+        ("NEUROON_ORIGIN", "https://shop.example;x", "host name that is not valid"),
+        ("NEUROON_ORIGIN", "https://:pw@shop.example", "without user or password"),
+        ("NEUROON_ORIGIN", "https://shop.example?", "without a path, query"),
+        ("NEUROON_ORIGIN", "https://-shop.example", "host name that is not valid"),
         ("NEUROON_TIMEOUT", -1, "must be > 0"),
         ("NEUROON_TIMEOUT", (1, 2, 3), "(connect, read) pair"),
         ("NEUROON_TIMEOUT", "soon", "must be a number"),
         ("NEUROON_RETRY_SCHEDULE", (10, -5), "must be >= 0"),
         ("NEUROON_RETRY_SCHEDULE", (), "at least one delay"),
         ("NEUROON_MAX_WORKERS", 0, "must be >= 1"),
+        ("NEUROON_MAX_WORKERS", 1e6, "must be <= 64"),
+        ("NEUROON_MAX_WORKERS", 10**400, "must be <= 64"),
+        ("NEUROON_MAX_PENDING", 10**7, "must be <= 1e+06"),
+        ("NEUROON_SNAPSHOT_TTL", 2.6e11, "must be <= 7.776e+06"),
+        ("NEUROON_FLUSH_INTERVAL", 1e300, "must be <= 86400"),
+        ("NEUROON_FLUSH_INTERVAL", 0.0001, "0 (off) or >= 1 second"),
+        ("NEUROON_TIMEOUT", (3, 1e9), "must be <= 300"),
+        ("NEUROON_RETRY_SCHEDULE", (60, 1e12), "must be <= 2.592e+06"),
+        ("NEUROON_MAX_ATTEMPTS", 10**6, "must be <= 100"),
+        ("NEUROON_SHUTDOWN_TIMEOUT", 1e9, "must be <= 300"),
+        ("NEUROON_CLAIM_LEASE", 1e9, "must be <= 86400"),
         ("NEUROON_MAX_PENDING", 2.5, "whole number"),
         ("NEUROON_MAX_ATTEMPTS", "many", "must be a number"),
         ("NEUROON_SNAPSHOT_TTL", 0, "must be > 0"),
@@ -118,6 +142,19 @@ def test_the_api_key_is_hidden_in_reprs_and_errors():
     with pytest.raises(ConfigurationError) as caught:
         settings(NEUROON_API_KEY="sk_live_supersecret", NEUROON_TIMEOUT="x")
     assert "supersecret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "slot",
+    ["NEUROON_ORIGIN", "NEUROON_API_URL", "NEUROON_TIMEOUT", "NEUROON_DISPATCH", "NEUROON_ENABLED"],
+)
+def test_a_key_pasted_into_another_setting_is_not_echoed(slot):
+    # Two environment variables swapped: the error names the setting, never shows the key.
+    key = "sk_S3CRETS3CRETS3CRETS3CRETS3CRET00"
+    with pytest.raises(ConfigurationError) as caught:
+        settings(**{"NEUROON_API_KEY": key, slot: key})
+    assert caught.value.key == slot
+    assert "S3CRET" not in str(caught.value) and "S3CRET" not in repr(caught.value)
 
 
 @pytest.mark.parametrize(
