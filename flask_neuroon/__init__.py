@@ -4,7 +4,7 @@ Where each layer lives:
 
 * ``middleware.py`` / ``cookies.py`` — the WSGI middleware and the pure click-cookie parser
 * ``extension.py`` — the Flask extension (:class:`Neuroon`), decorators; ``cli.py`` its CLI
-* ``orders.py`` / ``conversion.py`` / ``currencies.py`` — the pure payload builder
+* ``orders.py`` / ``conversion.py`` / ``currencies.py`` / ``ids.py`` — the pure payload builder
 * ``outbox.py`` — the durable queue; ``storage/`` — its backends, chosen by URI
 * ``dispatch.py`` — who runs the sends; ``client.py`` — the one HTTP POST
 * ``testing.py`` — a fake Neuroon API on loopback for your tests

@@ -64,6 +64,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from .ids import BAD_ID_CHAR, MAX_ID_LENGTH
+
 __all__ = [
     "COOKIE_NAME",
     "MAX_DECODE_ROUNDS",
@@ -82,8 +84,6 @@ MAX_VALUE_LENGTH = 16384
 #: Entries kept per parse (per header, after merging). A 4 KiB cookie holds at most a few
 #: hundred real entries; the rest of an oversized map is dropped.
 MAX_ENTRIES = 512
-#: Longest productId or searchLogId kept, in characters.
-MAX_ID_LENGTH = 256
 #: Percent-decoding passes at most (1 = normal, 2 = double-encoded, 3 = once more).
 MAX_DECODE_ROUNDS = 3
 
@@ -112,19 +112,36 @@ _seen: set[int] = set()
 _LOOKS_ENCODED = re.compile(rb"(?:\{[ \t\r\n]*)?%")
 # Cookie-string escapes, left to right: \ooo (a byte) or \ followed by any byte.
 _COOKIE_ESCAPE = re.compile(rb"\\([0-3][0-7]{2}|.)", re.DOTALL)
-# What an id may not contain: C0 controls, DEL, C1 controls, lone surrogates.
-_BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _PERCENT_TO_EQUALS = bytes.maketrans(b"%", b"=")
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 
 # The C decoder. Objects become lists of (key, value) pairs so that duplicate keys are
 # visible; strict=False lets a raw control character through to be dropped with its
 # entry instead of failing the whole object.
-_DECODER = json.JSONDecoder(object_pairs_hook=list, strict=False)
+# Numbers are never ids: they are read as None (dropped with their entry) without being
+# converted, so that a number of 5,000 digits (over int's digit limit) or 1e999 cannot
+# break the decoding of the entries after it.
+
+
+def _not_an_id(text: str) -> None:
+    return None
+
+
+def _decoder(*, pairs: bool, strict: bool) -> json.JSONDecoder:
+    return json.JSONDecoder(
+        object_pairs_hook=list if pairs else None,
+        strict=strict,
+        parse_int=_not_an_id,
+        parse_float=_not_an_id,
+        parse_constant=_not_an_id,
+    )
+
+
+_DECODER = _decoder(pairs=True, strict=False)
 # The same, but a raw control character is an error, so that a text it accepts is known
 # to hold none (see _parse_value); and the fast path's, straight to a dict.
-_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=list, strict=True)
-_STRICT_DICT_DECODER = json.JSONDecoder(strict=True)
+_STRICT_DECODER = _decoder(pairs=True, strict=True)
+_STRICT_DICT_DECODER = _decoder(pairs=False, strict=True)
 # The C string scanner the json module itself uses (not in typeshed's json.decoder).
 _scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 # Cheap attempts to re-close a cut object before walking it entry by entry.
@@ -532,5 +549,5 @@ def _valid_id(value: object) -> bool:
     return (
         isinstance(value, str)
         and 0 < len(value) <= MAX_ID_LENGTH
-        and _BAD_ID_CHAR.search(value) is None
+        and BAD_ID_CHAR.search(value) is None
     )

@@ -346,6 +346,27 @@ def test_number_click_is_dropped_others_kept():
     assert parse_click_value('{"a":1,"b":"2","c":1.5}') == {"b": "2"}
 
 
+@pytest.mark.parametrize(
+    "number",
+    [
+        "1" + "0" * 5000,
+        "-" + "9" * 4400,
+        "1e999",
+        "-1e999",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "0.5e-99999",
+    ],
+)
+def test_a_number_no_decoder_can_hold_drops_only_its_entry(number):
+    # 5,000 digits is over int's digit limit (a ValueError, not a syntax error), 1e999 is
+    # inf: neither may cost the valid entries around it.
+    cookie = f'{{"a":"1","b":{number},"c":"3"}}'
+    assert parse_click_value(cookie) == {"a": "1", "c": "3"}
+    assert parse_click_value(quote(cookie, safe="")) == {"a": "1", "c": "3"}
+
+
 def test_null_and_boolean_clicks_are_dropped_others_kept():
     assert parse_click_value('{"a":null,"b":"2","c":true,"d":false}') == {"b": "2"}
 

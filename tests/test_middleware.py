@@ -384,7 +384,7 @@ def test_clicks_from_environ_reads_the_cookie_name_it_is_asked_for():
 # -- layering ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["cookies.py", "middleware.py"])
+@pytest.mark.parametrize("module", ["cookies.py", "middleware.py", "ids.py"])
 def test_module_does_not_import_flask(module):
     source = (Path(middleware.__file__).parent / module).read_text(encoding="utf-8")
     imported: set[str] = set()
@@ -395,5 +395,5 @@ def test_module_does_not_import_flask(module):
             imported.add("." * node.level + (node.module or ""))
     assert not {name for name in imported if name.split(".")[0] == "flask"}
     assert not {name for name in imported if name.startswith("flask_neuroon")}
-    allowed_internal = {".cookies"} if module == "middleware.py" else set()
+    allowed_internal = {"middleware.py": {".cookies"}, "cookies.py": {".ids"}}.get(module, set())
     assert {name for name in imported if name.startswith(".")} <= allowed_internal
