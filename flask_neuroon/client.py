@@ -206,7 +206,10 @@ class NeuroonClient:
         return route
 
     def send(self, body: str | bytes) -> SendResult:
-        data = body.encode("utf-8") if isinstance(body, str) else body
+        try:
+            data = body.encode("utf-8") if isinstance(body, str) else body
+        except UnicodeEncodeError as exc:  # a lone surrogate: no send can ever succeed
+            return SendResult("reject", None, f"the payload is not valid text: {exc.reason}")
         try:
             route = self._route()
             if route.session.cookies:

@@ -6,19 +6,24 @@ Rules (see DESIGN.md, "The wire contract"):
   units, and written by :func:`dumps_payload` as a JSON *number*. Floats given by the
   shop are read through ``str()``; no arithmetic is done in float.
 * A line's total is its explicit ``line_total`` if it has one, else ``unit_price * quantity``.
-* A line is attributed when its variant id, else its product id, is a key of the click
-  map (compared as strings). Lines of the same clicked id become one conversion entry.
+* A line is attributed when one of its ids (variant first, then product, then its other
+  ids) is a key of the click map (compared as canonical text, see
+  :mod:`flask_neuroon.ids`). Lines of the same clicked id become one conversion entry; a
+  clicked line with a negative total (a per-item discount line) lowers that product's
+  entry.
 * ``attributedValue`` never exceeds ``orderValue``: when the lines add up to more than
   what was paid for them (the order total after an order-level coupon, or the lines
   after discount lines with negative totals), the attributed totals are scaled down in
   proportion and the rounding remainder is spread (largest remainder first) so that the
   entries add up to ``attributedValue`` exactly.
-* What goes on the wire is checked strictly: the order's id, total and currency, and
-  each *attributed* line (a positive whole quantity, a total >= 0). Anything wrong there
-  raises :class:`~flask_neuroon.errors.InvalidOrder` naming the order and the field.
-  Lines that are not attributed never void the conversion: a discount line (negative),
-  a shipping line without a product, a free gift (quantity 0), a weighed product (0.5)
-  only count towards the lines' sum, and not at all when unreadable.
+* The order's id, total and currency are checked strictly: anything wrong there raises
+  :class:`~flask_neuroon.errors.InvalidOrder` naming the order and the field (the order
+  cannot be sent at all). A *line* never voids the order: a clicked line that cannot be
+  attributed (a quantity that is not a positive whole number, no price, an amount out of
+  range) is left out of ``conversions[]`` with a warning naming the line and the reason,
+  and counts towards the lines' sum like any line nobody clicked: a discount line
+  (negative), a shipping line without a product, a free gift (quantity 0), a weighed
+  product (0.5), and not at all when unreadable.
 * Click entries that cannot be sent (an empty or non-string searchLogId) are ignored.
 """
 
@@ -43,12 +48,10 @@ from typing import Any
 
 from .currencies import minor_units
 from .errors import InvalidOrder
+from .ids import BAD_ID_CHAR, MAX_ID_LENGTH, id_text
 from .orders import Order, OrderLine
 
 logger = logging.getLogger("flask_neuroon")
-
-#: Longest order id, product id or variant id accepted.
-MAX_ID_LENGTH = 255
 
 # Enough digits that no division or product below loses precision for any real amount.
 _PRECISION = 60
@@ -76,18 +79,22 @@ class _Entry:
 
 
 def _required_id(value: Any, order_id: str | None, field: str) -> str:
+    """An id that must be there: its canonical text (see :mod:`flask_neuroon.ids`)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise InvalidOrder(f"{field} is missing", order_id=order_id, field=field)
-    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+    text = id_text(value)
+    if text is None:
+        kind = "a fraction, NaN or infinite" if isinstance(value, Decimal) else type(value).__name__
         raise InvalidOrder(
-            f"{field} must be a string or an integer, not {type(value).__name__}",
-            order_id=order_id,
-            field=field,
+            f"{field} must be a string or an integer, not {kind}", order_id=order_id, field=field
         )
-    text = str(value).strip()
     if len(text) > MAX_ID_LENGTH:
         raise InvalidOrder(
             f"{field} is longer than {MAX_ID_LENGTH} characters", order_id=order_id, field=field
+        )
+    if BAD_ID_CHAR.search(text):
+        raise InvalidOrder(
+            f"{field} contains control characters or invalid text", order_id=order_id, field=field
         )
     return text
 
@@ -131,6 +138,13 @@ def _round(amount: Decimal, exponent: Decimal, order_id: str | None, field: str)
     return rounded + 0  # no negative zero
 
 
+def _times(price: Decimal, quantity: Decimal | int, order_id: str | None, field: str) -> Decimal:
+    try:
+        return price * quantity
+    except ArithmeticError:  # Overflow: beyond any real amount
+        raise InvalidOrder(f"{field} is too large", order_id=order_id, field=field) from None
+
+
 def _quantity(value: Any, order_id: str | None, field: str) -> int:
     message = "quantity must be a positive integer"
     if isinstance(value, bool) or value is None:
@@ -158,7 +172,7 @@ def _line_total(
         amount = _to_decimal(line.line_total, order_id, field)
     elif line.unit_price is not None:
         field = f"{where}.unitPrice"
-        amount = _to_decimal(line.unit_price, order_id, field) * quantity
+        amount = _times(_to_decimal(line.unit_price, order_id, field), quantity, order_id, field)
     else:
         raise InvalidOrder(
             "a line needs a unitPrice or a lineTotal", order_id=order_id, field=where
@@ -169,24 +183,28 @@ def _line_total(
 
 
 def usable_clicks(clicks: Mapping[Any, Any]) -> dict[str, str]:
-    """The entries of a click map that can go on the wire: string ids (integers read as
-    strings), a non-empty searchLogId of at most MAX_ID_LENGTH characters."""
+    """The entries of a click map that can go on the wire: a productId with an id's text
+    (integers read as strings), a searchLogId that is a non-empty string of at most
+    MAX_ID_LENGTH characters without control characters."""
     usable: dict[str, str] = {}
     for key, value in clicks.items():
-        if isinstance(key, bool) or not isinstance(key, (str, int)):
+        product_id = id_text(key)
+        if product_id is None or len(product_id) > MAX_ID_LENGTH or BAD_ID_CHAR.search(product_id):
             continue
-        if isinstance(value, str) and value.strip() and len(value) <= MAX_ID_LENGTH:
-            usable.setdefault(str(key).strip(), value)
+        if (
+            isinstance(value, str)
+            and value.strip()
+            and len(value) <= MAX_ID_LENGTH
+            and not BAD_ID_CHAR.search(value)
+        ):
+            usable.setdefault(product_id, value)
     return usable
 
 
-def _clicked_key(line: OrderLine, clicked: Mapping[str, str]) -> str | None:
-    """The click-map key a line is attributed under: its variant id, else its product id."""
-    for value in (line.variant_id, line.product_id):
-        if value is None or isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-            continue
-        key = str(value).strip()
-        if key and key in clicked:
+def clicked_key(line: OrderLine, clicked: Mapping[str, str]) -> str | None:
+    """The click-map key a line is attributed under: the first of its ids in ``clicked``."""
+    for key in line.ids():
+        if key in clicked:
             return key
     return None
 
@@ -199,7 +217,9 @@ def _loose_line_total(line: OrderLine, exponent: Decimal, order_id: str, where: 
             amount = _to_decimal(line.line_total, order_id, f"{where}.lineTotal")
         elif line.unit_price is not None:
             quantity = _to_decimal(line.quantity, order_id, f"{where}.quantity")
-            amount = _to_decimal(line.unit_price, order_id, f"{where}.unitPrice") * quantity
+            field = f"{where}.unitPrice"
+            price = _to_decimal(line.unit_price, order_id, field)
+            amount = _times(price, quantity, order_id, field)
         else:
             return Decimal(0)
         return _round(amount, exponent, order_id, where)
@@ -229,7 +249,15 @@ def build_payload(order: Order, clicks: Mapping[str, str]) -> dict[str, Any]:
     Returns a dict whose money values are :class:`~decimal.Decimal`; serialize it with
     :func:`dumps_payload`. Raises :class:`InvalidOrder` naming the order and the field.
     """
+    if not isinstance(order, Order):
+        raise InvalidOrder(f"is a {type(order).__name__}, not an Order: adapt it first")
     order_id = _required_id(order.id, None, "orderId")
+    if not isinstance(clicks, Mapping):
+        raise InvalidOrder(
+            f"clicks must be a mapping of productId to searchLogId, not {type(clicks).__name__}",
+            order_id=order_id,
+            field="clicks",
+        )
     currency_raw = order.currency
     if currency_raw is None or (isinstance(currency_raw, str) and not currency_raw.strip()):
         raise InvalidOrder("currency is missing", order_id=order_id, field="currency")
@@ -265,29 +293,57 @@ def build_payload(order: Order, clicks: Mapping[str, str]) -> dict[str, Any]:
         entries: dict[str, _Entry] = {}
         lines_sum = Decimal(0)  # the lines at their own prices
         discounts = Decimal(0)  # discount lines (negative totals)
+        product_discounts: dict[str, Decimal] = {}  # negative lines of a clicked product
         for index, line in enumerate(lines):
             where = f"lines[{index}]"
             if not isinstance(line, OrderLine):
                 raise InvalidOrder("is not an order line", order_id=order_id, field=where)
-            key = _clicked_key(line, clicked)
-            if key is None:
-                # Not attributed, so not on the wire: a discount, shipping or gift line, or
-                # a weighed product, only counts towards the sums (when readable).
-                total = _loose_line_total(line, exponent, order_id, where)
-                if total < 0:
-                    discounts += total
+            key = clicked_key(line, clicked)
+            if key is not None:
+                try:
+                    quantity = _quantity(line.quantity, order_id, f"{where}.quantity")
+                    total = _line_total(line, quantity, exponent, order_id, where)
+                except InvalidOrder as exc:
+                    loose = _loose_line_total(line, exponent, order_id, where)
+                    if loose < 0:
+                        # A discount line of the clicked product: it lowers that entry.
+                        product_discounts[key] = product_discounts.get(key, Decimal(0)) + loose
+                        continue
+                    logger.warning(
+                        "flask-neuroon: order %s: %s, a clicked product (%s), is not"
+                        " attributed: %s: %s",
+                        order_id,
+                        where,
+                        key,
+                        exc.field or where,
+                        exc.reason,
+                    )
+                    lines_sum += loose
+                    continue
+                lines_sum += total
+                entry = entries.get(key)
+                if entry is None:
+                    entries[key] = _Entry(key, clicked[key], quantity, total)
                 else:
-                    lines_sum += total
+                    entry.quantity += quantity
+                    entry.line_total += total
                 continue
-            quantity = _quantity(line.quantity, order_id, f"{where}.quantity")
-            total = _line_total(line, quantity, exponent, order_id, where)
-            lines_sum += total
+            # Not attributed, so not on the wire: a discount, shipping or gift line, or a
+            # weighed product, only counts towards the sums (when readable).
+            total = _loose_line_total(line, exponent, order_id, where)
+            if total < 0:
+                discounts += total
+            else:
+                lines_sum += total
+        for key, reduction in product_discounts.items():
             entry = entries.get(key)
             if entry is None:
-                entries[key] = _Entry(key, clicked[key], quantity, total)
-            else:
-                entry.quantity += quantity
-                entry.line_total += total
+                discounts += reduction  # no unit of it to lower: an order-level discount
+                continue
+            lowered = max(entry.line_total + reduction, Decimal(0))
+            lines_sum -= entry.line_total - lowered
+            discounts += entry.line_total + reduction - lowered  # what it lowers beyond 0
+            entry.line_total = lowered
 
         attributed_entries = list(entries.values())
         # What the lines were really paid: after discount lines, and never more than the
@@ -347,6 +403,7 @@ def loads_payload(text: str | bytes) -> dict[str, Any]:
 __all__ = [
     "MAX_ID_LENGTH",
     "build_payload",
+    "clicked_key",
     "dumps_payload",
     "loads_payload",
     "to_decimal",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .conversion import usable_clicks
 from .orders import Order, OrderLine
 
 #: Ids shown from each side in a warning.
@@ -25,6 +26,8 @@ CAUSE_VARIANT = "parent-vs-variant"
 CAUSE_SPELLING = "case-or-spaces"
 CAUSE_NOT_BOUGHT = "clicked-products-not-bought"
 CAUSE_NO_LINES = "no-readable-lines"
+CAUSE_UNATTRIBUTABLE = "clicked-lines-not-attributable"
+CAUSE_NO_USABLE_CLICKS = "no-usable-clicks"
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,7 @@ class Mismatch:
 def _line_ids(lines: Iterable[OrderLine]) -> list[str]:
     ids: list[str] = []
     for line in lines:
-        for value in (line.product_id, line.variant_id):
-            if value is not None and str(value).strip() and str(value).strip() not in ids:
-                ids.append(str(value).strip())
+        ids.extend(value for value in line.ids() if value not in ids)
     return ids
 
 
@@ -59,18 +60,42 @@ def _related(a: str, b: str) -> bool:
 
 
 def explain_mismatch(order: Order, clicks: Mapping[str, str]) -> Mismatch | None:
-    """Why no line of ``order`` is in ``clicks`` (None when there is nothing to explain)."""
+    """Why no line of ``order`` is in ``clicks`` (None when there is nothing to explain).
+
+    Reads ids the way the payload builder does (:meth:`OrderLine.ids`, usable click
+    entries only), so it never calls a shop object's ``__str__`` and never raises for
+    the kinds of ids the builder accepts.
+    """
     lines = [line for line in order.lines if isinstance(line, OrderLine)]
     line_ids = _line_ids(lines)
-    click_ids = list(clicks)
-    if not click_ids:
+    if not clicks:
         return None
+    click_ids = list(usable_clicks(clicks))
+    if not click_ids:
+        shown = [repr(key)[:40] for key in list(clicks)[:SAMPLE]]
+        return Mismatch(
+            CAUSE_NO_USABLE_CLICKS,
+            "no click entry can be used: a productId must be a string or an integer and a"
+            f" searchLogId a non-empty string (clicked {shown})",
+            (),
+            tuple(line_ids[:SAMPLE]),
+        )
+    matched = [value for value in line_ids if value in set(click_ids)]
+    if matched:
+        return Mismatch(
+            CAUSE_UNATTRIBUTABLE,
+            f"the clicked products {matched[:SAMPLE]} are in the order, but their lines could"
+            " not be attributed (see the warning logged for each line: quantity, price)",
+            tuple(matched[:SAMPLE]),
+            tuple(line_ids[:SAMPLE]),
+        )
     if not line_ids:
         return Mismatch(
             CAUSE_NO_LINES,
             "the order has no lines with a product id that flask-neuroon can read (it looks"
             " for lines, items, line_items, lineItems and, in each, product_id, productId,"
-            " sku, external_id, externalId): register an order adapter"
+            " sku, external_id, externalId, holding a string or an integer): register an"
+            " order adapter"
             f" (clicked {click_ids[:SAMPLE]})",
             tuple(click_ids[:SAMPLE]),
             (),

@@ -79,6 +79,9 @@ class Courier:
             # again, which the API answers with 409 (delivered).
             logger.warning("flask-neuroon: cannot record order %s: %s", row.order_id, exc)
             status = "retrying"
+        except Exception:  # a bug, or a backend of the shop's own: same as above, loudly
+            logger.exception("flask-neuroon: delivering order %s failed", row.order_id)
+            status = "retrying"
         self._report(row.order_id, status, result)
         return status
 
@@ -244,6 +247,7 @@ class ThreadDispatcher(Dispatcher):
         self._stopping = threading.Event()
         self._refilling = threading.Lock()
         self._backlog = False
+        self._start_failed = False
 
     def _after_fork(self) -> None:
         # The parent's threads do not exist here; its queued ids are still in the outbox.
@@ -252,6 +256,9 @@ class ThreadDispatcher(Dispatcher):
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start this process's sender threads and sweeper, once. Never raises: when the
+        system refuses a thread (a container's process limit), that is logged once and the
+        rows wait in the outbox for a later try, the sweeper of another worker or cron."""
         if self._pid != os.getpid():
             self._after_fork()
         if len(self._threads) == self.workers and (self._sweeper or not self.flush_interval):
@@ -259,22 +266,35 @@ class ThreadDispatcher(Dispatcher):
         with self._lock:
             if self._stopping.is_set():
                 return
-            while len(self._threads) < self.workers:
-                thread = threading.Thread(
-                    target=self._work,
-                    name=f"{BACKGROUND_THREAD_PREFIX}sender-{len(self._threads)}",
-                    daemon=True,
-                )
-                thread.start()
-                self._threads.append(thread)
-            if self.flush_interval and self._sweeper is None:
-                self._sweeper = threading.Thread(
-                    target=self._sweep, name=f"{BACKGROUND_THREAD_PREFIX}sweeper", daemon=True
-                )
-                self._sweeper.start()
+            try:
+                self._start_threads()
+            except RuntimeError as exc:  # "can't start new thread": a process limit
+                if not self._start_failed:
+                    self._start_failed = True
+                    logger.error(
+                        "flask-neuroon: cannot start the sender threads (%s); conversions"
+                        " wait in the outbox (run flask neuroon flush from cron)",
+                        exc,
+                    )
             if not self._atexit_registered:
                 atexit.register(self._at_exit)
                 self._atexit_registered = True
+
+    def _start_threads(self) -> None:
+        while len(self._threads) < self.workers:
+            thread = threading.Thread(
+                target=self._work,
+                name=f"{BACKGROUND_THREAD_PREFIX}sender-{len(self._threads)}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        if self.flush_interval and self._sweeper is None:
+            sweeper = threading.Thread(
+                target=self._sweep, name=f"{BACKGROUND_THREAD_PREFIX}sweeper", daemon=True
+            )
+            sweeper.start()
+            self._sweeper = sweeper
 
     def _at_exit(self) -> None:
         if self._pid == os.getpid() and self._threads and not self._stopping.is_set():
@@ -308,6 +328,8 @@ class ThreadDispatcher(Dispatcher):
 
     def _put(self, job: _Job) -> bool:
         self.start()
+        if not self._threads:
+            return False  # nobody to run it: the row waits in the outbox
         try:
             self._queue.put_nowait(job)
         except queue.Full:

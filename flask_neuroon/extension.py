@@ -298,7 +298,7 @@ class Neuroon:
             logger.warning("flask-neuroon (%s): %s", app.name, settings.disabled_reason)
         if settings.active and settings.dispatch == "thread" and settings.flush_interval:
             # Start this worker process's sweeper with its first request: after any fork.
-            app.before_request(state.dispatcher.start)
+            app.before_request(state.dispatcher.start)  # never raises (see ThreadDispatcher)
 
     # --- state -----------------------------------------------------------------------
 
@@ -528,8 +528,13 @@ class Neuroon:
     def _report_mismatch(
         state: _State, order: Order, clicks: Mapping[str, str], order_id: str
     ) -> None:
-        """The shopper clicked products, yet no line matched: say why it may be."""
-        explanation = explain_mismatch(order, clicks)
+        """The shopper clicked products, yet no line matched: say why it may be. A
+        diagnosis that fails is logged and never costs the order."""
+        try:
+            explanation = explain_mismatch(order, clicks)
+        except Exception:
+            logger.exception("flask-neuroon: order %s: explaining the mismatch failed", order_id)
+            return
         if explanation is None:
             return
         log = logger.warning if explanation.likely_misconfiguration else logger.info

@@ -7,7 +7,10 @@ returns an :class:`Order`; it does *not* validate — the payload builder does, 
 messages that name the field. A shop whose model is spelled differently registers an
 adapter function (``Order | None``) with :meth:`~flask_neuroon.Neuroon.order_adapter`.
 
-Field spellings, first match wins:
+Field spellings, first match wins (a line's product id: every spelling present is kept,
+the first as ``product_id``, the others as ``other_ids``, and any of them may match a
+click: a line with both an internal ``product_id`` and the ``sku`` the widget knows is
+attributed by its ``sku``):
 
 ======================  ==========================================================
 Order field             read from
@@ -30,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Union
+
+from .ids import clean_id, id_text
 
 #: What the shop may use for an amount. Floats are read through ``str()`` (their
 #: shortest representation, ``19.99`` stays ``19.99``); nothing is computed in float.
@@ -55,6 +60,8 @@ class OrderLine:
     """One line of an order: a product (optionally a variant of it), units and money.
 
     ``line_total`` (after line discounts) wins over ``unit_price * quantity``.
+    ``other_ids``: more ids of the same product (an internal id beside the SKU); the line
+    is attributed when its variant id, its product id or one of these is in the click map.
     """
 
     product_id: Any
@@ -62,6 +69,17 @@ class OrderLine:
     unit_price: Money | None = None
     line_total: Money | None = None
     variant_id: Any = None
+    other_ids: Sequence[Any] = ()
+
+    def ids(self) -> list[str]:
+        """The line's ids as the click map would hold them, in matching order: the
+        variant, the product, the other ids (each once; unusable values left out)."""
+        found: list[str] = []
+        for value in (self.variant_id, self.product_id, *self.other_ids):
+            text = id_text(value)
+            if text is not None and text not in found:
+                found.append(text)
+        return found
 
 
 @dataclass(frozen=True)
@@ -74,20 +92,27 @@ class Order:
     lines: Sequence[OrderLine] = field(default_factory=tuple)
 
 
-def _read(source: Any, keys: Iterable[str]) -> Any:
-    """The first present, non-None value of ``keys`` in a mapping or an object."""
+def _read_all(source: Any, keys: Iterable[str]) -> list[Any]:
+    """The present, non-None values of ``keys`` in a mapping or an object, in key order."""
+    found: list[Any] = []
     if isinstance(source, Mapping):
         for key in keys:
             value = source.get(key, _MISSING)
             if value is not _MISSING and value is not None:
-                return value
-        return None
+                found.append(value)
+        return found
     for key in keys:
         value = getattr(source, key, _MISSING)
         # ``items`` on a dict-like object, or a bound method: not data.
         if value is not _MISSING and value is not None and not callable(value):
-            return value
-    return None
+            found.append(value)
+    return found
+
+
+def _read(source: Any, keys: Iterable[str]) -> Any:
+    """The first present, non-None value of ``keys`` in a mapping or an object."""
+    found = _read_all(source, keys)
+    return found[0] if found else None
 
 
 def adapt_line(line: Any) -> OrderLine:
@@ -95,8 +120,10 @@ def adapt_line(line: Any) -> OrderLine:
     if isinstance(line, OrderLine):
         return line
     quantity = _read(line, QUANTITY_KEYS)
+    product_ids = _read_all(line, PRODUCT_KEYS)
     return OrderLine(
-        product_id=_read(line, PRODUCT_KEYS),
+        product_id=product_ids[0] if product_ids else None,
+        other_ids=tuple(product_ids[1:]),
         variant_id=_read(line, VARIANT_KEYS),
         quantity=1 if quantity is None else quantity,
         unit_price=_read(line, UNIT_PRICE_KEYS),
@@ -145,12 +172,10 @@ def adapt_order(obj: Any, adapters: Sequence[OrderAdapter] = ()) -> Order:
 
 
 def order_id_of(obj: Any) -> str | None:
-    """The order's id as a string, for log lines, without validating anything else."""
+    """The order's id as the API and storage get it (see :mod:`flask_neuroon.ids`), or
+    None when it has none that can be sent. Nothing else is validated."""
     value = obj.id if isinstance(obj, Order) else _read(obj, ORDER_ID_KEYS)
-    if value is None or isinstance(value, bool):
-        return None
-    text = str(value).strip()
-    return text or None
+    return clean_id(value)
 
 
 __all__ = [

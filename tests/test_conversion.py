@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import decimal
 import json
+import logging
+import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -226,71 +228,13 @@ def test_vendor_javascript_example_shape_is_understood():
         ({"id": "o", "total": 1, "currency": "EURO"}, "currency", "not an ISO 4217 code"),
         ({"id": "o", "total": 1, "currency": "XAU"}, "currency", "not an ISO 4217 code"),
         ({"id": "o", "total": 1, "currency": "EUR", "lines": "abc"}, "lines", "must be a list"),
-        (
-            {
-                "id": "o",
-                "total": 1,
-                "currency": "EUR",
-                "lines": [{"sku": "a", "qty": 0, "price": 1}],
-            },
-            "lines[0].quantity",
-            "positive integer",
-        ),
-        (
-            {
-                "id": "o",
-                "total": 1,
-                "currency": "EUR",
-                "lines": [{"sku": "a", "qty": 1.5, "price": 1}],
-            },
-            "lines[0].quantity",
-            "positive integer",
-        ),
-        (
-            {
-                "id": "o",
-                "total": 1,
-                "currency": "EUR",
-                "lines": [{"sku": "a", "qty": -2, "price": 1}],
-            },
-            "lines[0].quantity",
-            "positive integer",
-        ),
-        (
-            {
-                "id": "o",
-                "total": 1,
-                "currency": "EUR",
-                "lines": [{"sku": "a", "qty": "two", "price": 1}],
-            },
-            "lines[0].quantity",
-            "positive integer",
-        ),
-        (
-            {
-                "id": "o",
-                "total": 1,
-                "currency": "EUR",
-                "lines": [{"sku": "a", "qty": True, "price": 1}],
-            },
-            "lines[0].quantity",
-            "positive integer",
-        ),
-        (
-            {"id": "o", "total": 1, "currency": "EUR", "lines": [{"sku": "a"}]},
-            "lines[0]",
-            "needs a unitPrice or a lineTotal",
-        ),
-        (
-            {"id": "o", "total": 1, "currency": "EUR", "lines": [{"sku": "a", "price": "nan"}]},
-            "lines[0].unitPrice",
-            "finite",
-        ),
-        (
-            {"id": "o", "total": 1, "currency": "EUR", "lines": [{"sku": "a", "line_total": -3}]},
-            "lines[0].lineTotal",
-            ">= 0",
-        ),
+        ({"id": Decimal("NaN"), "total": 1, "currency": "EUR"}, "orderId", "must be a string"),
+        ({"id": Decimal("12.5"), "total": 1, "currency": "EUR"}, "orderId", "must be a string"),
+        ({"id": 1.0, "total": 1, "currency": "EUR"}, "orderId", "not float"),
+        ({"id": "A\nB", "total": 1, "currency": "EUR"}, "orderId", "control characters"),
+        ({"id": "SUR\udc80", "total": 1, "currency": "EUR"}, "orderId", "control characters"),
+        ({"id": "x" * 257, "total": 1, "currency": "EUR"}, "orderId", "longer than 256"),
+        ({"id": "o", "total": "9E+999999", "currency": "EUR"}, "orderValue", "too large"),
     ],
 )
 def test_invalid_orders_raise_a_clear_error_naming_order_and_field(order, field, words):
@@ -300,8 +244,125 @@ def test_invalid_orders_raise_a_clear_error_naming_order_and_field(order, field,
     assert isinstance(error, ValueError)
     assert error.field == field
     assert words in str(error)
-    if order.get("id", "").strip() if isinstance(order.get("id"), str) else order.get("id"):
+    if order.get("id") == "o":
         assert "order 'o'" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("odd_line", "field", "words"),
+    [
+        ({"sku": "a", "qty": 0, "price": 1}, "lines[0].quantity", "positive integer"),
+        ({"sku": "a", "qty": 1.5, "price": 1}, "lines[0].quantity", "positive integer"),
+        ({"sku": "a", "qty": "0.5", "price": 4}, "lines[0].quantity", "positive integer"),
+        ({"sku": "a", "qty": "two", "price": 1}, "lines[0].quantity", "positive integer"),
+        ({"sku": "a", "qty": True, "price": 1}, "lines[0].quantity", "positive integer"),
+        ({"sku": "a"}, "lines[0]", "needs a unitPrice or a lineTotal"),
+        ({"sku": "a", "qty": 1, "subtotal": 10}, "lines[0]", "needs a unitPrice or a lineTotal"),
+        ({"sku": "a", "price": "nan"}, "lines[0].unitPrice", "finite"),
+        ({"sku": "a", "qty": 2, "price": Decimal("9E+999999")}, "lines[0].unitPrice", "too large"),
+        ({"sku": "a", "line_total": "9E+999999"}, "lines[0].lineTotal", "too large"),
+    ],
+)
+def test_a_clicked_line_that_cannot_be_attributed_never_voids_the_order(
+    odd_line, field, words, caplog
+):
+    # A weighed product, a free gift, a line whose price the shop keeps under another key:
+    # the order is still sent (its value is real), that line is only left unattributed,
+    # and a warning names the line and the reason so that the shop can fix its data.
+    order = {
+        "id": "o",
+        "total": "25.00",
+        "currency": "EUR",
+        "lines": [odd_line, {"sku": "b", "qty": 1, "price": "5.00"}],
+    }
+    with caplog.at_level(logging.WARNING, logger="flask_neuroon"):
+        body = payload(order, {"a": "log-a", "b": "log-b"})
+    assert body["orderValue"] == Decimal("25.00")
+    assert [c["productId"] for c in body["conversions"]] == ["b"]
+    assert body["attributedValue"] == Decimal("5.00")
+    assert len(caplog.records) == 1, caplog.text
+    message = caplog.records[0].getMessage()
+    assert "order o: lines[0], a clicked product (a), is not attributed" in message
+    assert f"{field}: " in message and words in message
+
+
+def test_a_negative_line_of_a_clicked_product_lowers_its_entry():
+    # A per-item discount line carrying the product's SKU is a discount on that product.
+    order = {
+        "id": "o",
+        "total": "13.00",
+        "currency": "EUR",
+        "lines": [
+            {"sku": "a", "qty": 1, "line_total": "-2.00"},
+            {"sku": "a", "qty": 1, "price": "10.00"},
+            {"sku": "b", "qty": 1, "price": "5.00"},
+        ],
+    }
+    body = payload(order, {"a": "log-a"})
+    assert body["conversions"] == [
+        {"productId": "a", "searchLogId": "log-a", "quantity": 1, "lineTotal": Decimal("8.00")}
+    ]
+    assert body["attributedValue"] == Decimal("8.00")
+
+
+def test_a_discount_line_larger_than_its_product_lowers_it_to_zero_and_the_rest_pro_rata():
+    order = {
+        "id": "o",
+        "total": "8.00",
+        "currency": "EUR",
+        "lines": [
+            {"sku": "a", "qty": 1, "price": "4.00"},
+            {"sku": "a", "qty": 1, "line_total": "-6.00"},
+            {"sku": "b", "qty": 1, "price": "10.00"},
+        ],
+    }
+    body = payload(order, {"a": "log-a", "b": "log-b"})
+    assert {c["productId"]: c["lineTotal"] for c in body["conversions"]} == {
+        "a": Decimal("0.00"),
+        "b": Decimal("8.00"),  # the 2.00 beyond product a comes off the rest
+    }
+    assert body["attributedValue"] == Decimal("8.00")
+
+
+def test_a_line_is_attributed_by_any_of_its_product_id_spellings():
+    # Shopify- and WooCommerce-like lines: an internal numeric product_id beside the SKU
+    # that the widget (and /products/sync) knows.
+    order = {
+        "id": "o",
+        "total": "30.00",
+        "currency": "EUR",
+        "lines": [
+            {"product_id": 7712345, "sku": "MUG-RED", "qty": 1, "price": "10.00"},
+            {"product_id": "", "sku": "CUP-1", "qty": 2, "price": "10.00"},
+        ],
+    }
+    body = payload(order, {"MUG-RED": "log-1", "CUP-1": "log-2"})
+    assert [(c["productId"], c["searchLogId"]) for c in body["conversions"]] == [
+        ("MUG-RED", "log-1"),
+        ("CUP-1", "log-2"),
+    ]
+    assert body["attributedValue"] == Decimal("30.00")
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        (1000, "1000"),
+        (Decimal("1000"), "1000"),
+        (Decimal("1000.0"), "1000"),
+        (Decimal("1E+3"), "1000"),
+        (" A-1 ", "A-1"),
+        (uuid.UUID(int=7), "00000000-0000-0000-0000-000000000007"),
+    ],
+)
+def test_one_order_always_sends_one_order_id(given, sent):
+    body = payload({"id": given, "total": 1, "currency": "EUR"}, {})
+    assert body["orderId"] == sent
+
+
+def test_build_payload_refuses_clicks_that_are_not_a_mapping():
+    with pytest.raises(InvalidOrder, match="clicks must be a mapping"):
+        payload({"id": "o", "total": 1, "currency": "EUR"}, [("a", "1")])  # type: ignore[arg-type]
 
 
 def test_quantity_may_be_an_integral_string_or_decimal():

@@ -18,9 +18,12 @@ from flask_neuroon import ConfigurationError, Neuroon, Order, OrderLine
 from flask_neuroon.cli import neuroon_cli
 from flask_neuroon.config import Settings
 from flask_neuroon.diagnostics import (
+    CAUSE_NO_LINES,
+    CAUSE_NO_USABLE_CLICKS,
     CAUSE_NOT_BOUGHT,
     CAUSE_SKU,
     CAUSE_SPELLING,
+    CAUSE_UNATTRIBUTABLE,
     CAUSE_VARIANT,
     explain_mismatch,
 )
@@ -265,6 +268,54 @@ def test_mismatches_name_their_likely_cause(lines, clicks, cause):
     assert explanation is not None
     assert explanation.cause == cause
     assert "SKU-RED" in explanation.message
+
+
+@pytest.mark.parametrize(
+    ("lines", "clicks", "cause"),
+    [
+        ([OrderLine(product_id="P1", unit_price=5)], {123: "log"}, CAUSE_SKU),
+        ([OrderLine(product_id="P1", unit_price=5)], {"P1": 123}, CAUSE_NO_USABLE_CLICKS),
+        ([OrderLine(product_id=1.0, unit_price=5)], {"1.0": "log"}, CAUSE_NO_LINES),
+        (
+            [OrderLine(product_id="P1", quantity=0.5, unit_price=5)],
+            {"P1": "l"},
+            CAUSE_UNATTRIBUTABLE,
+        ),
+    ],
+    ids=["integer-click-key", "number-search-log-id", "float-product-id", "weighed-product"],
+)
+def test_a_mismatch_of_odd_ids_is_explained_not_raised(lines, clicks, cause):
+    explanation = explain_mismatch(order_with(*lines), clicks)
+    assert explanation is not None
+    assert explanation.cause == cause
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("a shop object whose __str__ fails")
+
+
+@pytest.mark.parametrize(
+    "clicks",
+    [{123: "slog"}, {"P1": 5}, {_Unprintable(): "x"}],
+    ids=["int-key", "int-value", "odd-key"],
+)
+def test_a_diagnosis_never_costs_the_order(api, make_app, clicks):
+    # The order is still sent (unattributed) whatever the click map and lines hold.
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    order = Order(
+        id="DX-1",
+        total=Decimal("10"),
+        currency="EUR",
+        lines=[
+            OrderLine(product_id=_Unprintable(), unit_price=10),
+            OrderLine(product_id="P9", unit_price=0),
+        ],
+    )
+    with app.app_context():
+        assert neuroon.track_conversion(order, clicks=clicks).status == "sent"
+    assert api.conversions[0].order_id == "DX-1"
+    assert api.conversions[0].attributed_value == 0
 
 
 def test_a_mismatch_logs_one_warning_and_signals(api, make_app, caplog):

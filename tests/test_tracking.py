@@ -467,3 +467,56 @@ def test_decorators_refuse_callables_of_the_wrong_shape_when_the_view_is_decorat
     neuroon.on_order_confirmed(load_order=ORDERS.get)
     neuroon.on_order_confirmed(load_order=lambda order_id, session=None: None)
     neuroon.before_gateway(order_id=lambda: "ORD")
+
+
+def test_when_no_sender_thread_can_start_every_page_still_answers(
+    api, make_app, monkeypatch, caplog
+):
+    # A container's process limit: the OS refuses new threads. Pages, the checkout
+    # included, answer as usual; the conversion waits in the outbox for cron, logged once.
+    import threading
+
+    real_start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if self.name.startswith("neuroon"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    app, neuroon = make_app(api, NEUROON_DISPATCH="thread", NEUROON_FLUSH_INTERVAL=60)
+    add_checkout_routes(app, neuroon)
+    app.add_url_rule("/", "home", lambda: "home")
+    caplog.set_level(logging.ERROR, "flask_neuroon")
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    checkout(app, neuroon, "NT-1", {"SKU-RED": "log-red"})
+    assert client.get("/").status_code == 200
+    errors = [r for r in caplog.records if "cannot start the sender threads" in r.getMessage()]
+    assert len(errors) == 1
+    row = app.extensions["neuroon"].storage.get("NT-1")
+    assert row is not None and row.state == "pending"
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    from flask_neuroon.cli import neuroon_cli
+
+    assert app.test_cli_runner().invoke(neuroon_cli, ["flush"]).exit_code == 0
+    assert api.received_count("NT-1") == 1
+    assert api.conversions[0].attributed_value == Decimal("39.98")
+
+
+@pytest.mark.parametrize("uri", ["memory://", "sqlite"])
+@pytest.mark.parametrize("dispatch", ["sync", "thread"])
+@pytest.mark.parametrize("order_id", ["SUR\udc80", "A\nB", "C\x85D", Decimal("NaN"), 1.5])
+def test_an_order_id_that_cannot_be_sent_is_invalid_and_queues_nothing(
+    api, make_app, tmp_path, uri, dispatch, order_id
+):
+    storage = f"sqlite:///{tmp_path}/o.sqlite3" if uri == "sqlite" else uri
+    app, neuroon = make_app(api, NEUROON_DISPATCH=dispatch, NEUROON_STORAGE_URI=storage)
+    order = {"id": order_id, "total": "10", "currency": "EUR", "lines": []}
+    with app.app_context():
+        delivery = neuroon.track_conversion(order, clicks={})
+        assert delivery.status == "invalid"
+        assert "orderId" in (delivery.error or "")
+        assert neuroon.flush(2) == 0
+        assert app.extensions["neuroon"].outbox.stats().pending == 0
+    assert api.requests == []
