@@ -67,7 +67,7 @@ LIMITS: dict[str, float] = {
     "NEUROON_CLAIM_LEASE": _DAY,
 }
 #: The shortest sweep interval (0 turns the sweeper off): a sweep is a database query.
-MIN_FLUSH_INTERVAL = 1.0
+MIN_FLUSH_INTERVAL = 0.1
 
 
 class Secret:

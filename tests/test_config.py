@@ -92,7 +92,7 @@ def test_values_from_prefixed_env_strings_are_understood(monkeypatch: pytest.Mon
         ("NEUROON_MAX_PENDING", 10**7, "must be <= 1e+06"),
         ("NEUROON_SNAPSHOT_TTL", 2.6e11, "must be <= 7.776e+06"),
         ("NEUROON_FLUSH_INTERVAL", 1e300, "must be <= 86400"),
-        ("NEUROON_FLUSH_INTERVAL", 0.0001, "0 (off) or >= 1 second"),
+        ("NEUROON_FLUSH_INTERVAL", 0.0001, "0 (off) or >= 0.1 second"),
         ("NEUROON_TIMEOUT", (3, 1e9), "must be <= 300"),
         ("NEUROON_RETRY_SCHEDULE", (60, 1e12), "must be <= 2.592e+06"),
         ("NEUROON_MAX_ATTEMPTS", 10**6, "must be <= 100"),
