@@ -46,6 +46,7 @@ from .signals import (
     storage_failed,
 )
 from .storage import Storage, storage_from_uri
+from .storage.guard import RequestGuard
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -73,6 +74,11 @@ class _State:
         self._app = weakref.ref(app)
         self.storage = storage
         _fork.register(self.storage)
+        #: What a request thread waits for storage through (bounded, see storage/guard.py).
+        self.guard = RequestGuard(
+            f"storage {storage.display_uri or type(storage).__name__}", offload=storage.remote
+        )
+        _fork.register(self.guard)
         self.mirror: MirrorCodec | None = None
         if settings.snapshots_in_cookie:
             keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.config["SECRET_KEY"]]
@@ -351,7 +357,9 @@ class Neuroon:
         kept = False
         if settings.snapshots_in_storage:
             try:
-                state.storage.put_snapshot(key, clicks, time.time() + settings.snapshot_ttl)
+                state.guard.call(
+                    state.storage.put_snapshot, key, clicks, time.time() + settings.snapshot_ttl
+                )
                 kept = True
             except StorageError as exc:
                 state.storage_failed(f"saving the clicks of order {key}", exc)
@@ -418,9 +426,9 @@ class Neuroon:
         if settings.snapshots_in_storage:
             try:
                 if not consume:
-                    snapshot = state.storage.peek_snapshot(key, time.time())
+                    snapshot = state.guard.call(state.storage.peek_snapshot, key, time.time())
                 elif connection is None:
-                    snapshot = state.storage.take_snapshot(key, time.time())
+                    snapshot = state.guard.call(state.storage.take_snapshot, key, time.time())
                 else:  # inside the shop's transaction: a rollback keeps it
                     snapshot = state.storage.take_snapshot(  # type: ignore[call-arg]
                         key, time.time(), connection=connection
@@ -476,7 +484,7 @@ class Neuroon:
         order_id = order_id_of(adapted)
         if order_id is not None and state.outbox is not None:
             try:
-                if state.storage.get(order_id) is not None:
+                if state.guard.call(state.storage.get, order_id) is not None:
                     self._forget_snapshot(state, order_id)
                     return Delivery(order_id, "duplicate")
             except StorageError as exc:
@@ -518,7 +526,7 @@ class Neuroon:
             return
         try:
             if connection is None:
-                state.storage.delete_snapshot(order_id)
+                state.guard.call(state.storage.delete_snapshot, order_id)
             else:
                 state.storage.delete_snapshot(order_id, connection=connection)  # type: ignore[call-arg]
         except StorageError as exc:
@@ -595,7 +603,7 @@ class Neuroon:
         delivery = Delivery(order_id)
         if state.outbox is not None:
             try:
-                added = state.outbox.add(order_id, body)
+                added = state.guard.call(state.outbox.add, order_id, body)
             except StorageError as exc:
                 state.storage_failed(f"queueing order {order_id}; sending it directly", exc)
             else:

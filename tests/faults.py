@@ -377,3 +377,72 @@ def start_server(backend: str) -> None:
         subprocess.run(command, capture_output=True, timeout=120, check=False)  # "already running"
         return
     _run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", MARIADBD], 30)
+
+
+# --------------------------------------------------------------------------- a hung server
+
+
+class FreezeProxy:
+    """A TCP proxy on loopback in front of a real server, that can go silent.
+
+    ``silent=True``: it accepts connections and never forwards a byte (a server that
+    hangs before its greeting). Otherwise it forwards both ways until :meth:`freeze`,
+    after which it keeps every connection open and forwards nothing (a frozen proxy or
+    a database hung on a lock): TCP stays up, no driver error comes.
+    """
+
+    def __init__(self, target_port: int, *, silent: bool = False) -> None:
+        import socket
+        import threading
+
+        self.target = ("127.0.0.1", target_port)
+        self.frozen = threading.Event()
+        if silent:
+            self.frozen.set()
+        self._sockets: list[socket.socket] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            if self.frozen.is_set():
+                continue  # connected, and never a word
+            upstream = socket.create_connection(self.target)
+            self._sockets.append(upstream)
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: Any, upstream: Any) -> None:
+        import select
+
+        while not self._closed:
+            readable, _, _ = select.select([client, upstream], [], [], 0.05)
+            if self.frozen.is_set():
+                continue
+            for sock in readable:
+                try:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (upstream if sock is client else client).sendall(data)
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        """Close everything: a call still waiting on it gets its error and ends."""
+        self._closed = True
+        for sock in [self._server, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()

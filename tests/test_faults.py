@@ -11,6 +11,7 @@ and asserts lost == 0 and duplicated == 0 (see ``tests/faults.py`` for the defin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import statistics
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -32,6 +34,7 @@ from flask_neuroon.testing import RecordedRequest
 
 from .conftest import API_KEY, ORIGIN, SHARED_BACKENDS, SHOP_ID, AppFactory, need_service
 from .faults import (
+    FreezeProxy,
     RecordingAPI,
     Tally,
     backend_name,
@@ -555,6 +558,80 @@ def test_storage_unreachable_at_checkout_still_answers_fast_and_sends_directly(
     assert [line["searchLogId"] for line in sent[clicked].attributed_lines] == [search_log_id]
     assert sent[unclicked].attributed_value == Decimal("0")
     assert sent[unclicked].conversions == []
+
+
+# --------------------------------------------------------------------------- storage hangs
+
+
+@pytest.mark.parametrize("mode", ["frozen", "silent"])
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb", "redis"])
+def test_storage_that_hangs_holds_a_checkout_for_one_guard_timeout_at_most(
+    backend: str, mode: str, make_app: AppFactory, api: RecordingAPI
+):
+    # A database hung behind a frozen proxy (or one that never sends its greeting) keeps
+    # TCP open and says nothing: no driver timeout fires. The checkout pays one request
+    # guard timeout (2 s) once, then storage is skipped for the cooldown; the order is
+    # sent directly, attributed from the cookie, exactly once.
+    from .services import MARIADB_URL, POSTGRES_URL, REDIS_URL, port_open
+
+    driver, url, port = {
+        "postgresql": ("psycopg", POSTGRES_URL, 5432),
+        "mariadb": ("pymysql", MARIADB_URL, 3306),
+        "redis": ("redis", REDIS_URL, 6379),
+    }[backend]
+    need_service(backend, importable(driver) and port_open("127.0.0.1", port))
+    run = uuid.uuid4().hex[:8]
+    with contextlib.ExitStack() as stack:
+        if backend == "redis":
+            url = f"{url}?prefix=hang{run}"
+        else:
+            url = stack.enter_context(private_database(url))
+        _hung_checkouts(backend, mode, port, url, run, make_app, api)
+
+
+def _hung_checkouts(
+    backend: str, mode: str, port: int, url: str, run: str, make_app: AppFactory, api: RecordingAPI
+) -> None:
+    proxy = FreezeProxy(port, silent=mode == "silent")
+    uri = url.replace(f":{port}/", f":{proxy.port}/")
+    app, neuroon = make_app(api, NEUROON_STORAGE_URI=uri, NEUROON_DISPATCH="thread")
+    add_checkout_routes(app, neuroon)
+    search_log_id = api.issue_search_log_id("SKU-RED")
+    orders = [f"HANG-{backend}-{mode}-{run}-{n}" for n in range(3)]
+    timings: list[tuple[str, float, float]] = []
+    try:
+        for number, order_id in enumerate(orders):
+            if number == 1 and mode == "frozen":
+                # The first checkout went through storage as usual, and was delivered.
+                assert api.wait_for(1, timeout=10)
+                proxy.freeze()
+            make_shop_order(order_id)
+            shopper = app.test_client()
+            set_clicks(shopper, {"SKU-RED": search_log_id})
+            started = time.perf_counter()
+            assert shopper.post(f"/checkout/{order_id}/pay").status_code == 302
+            paid = time.perf_counter() - started
+            started = time.perf_counter()
+            returned = shopper.post("/payment/return", data={"order": order_id})
+            assert returned.status_code == 200
+            timings.append((order_id, paid, time.perf_counter() - started))
+        assert api.wait_for(len(orders), timeout=15)
+    finally:
+        proxy.close()
+        with app.app_context():
+            neuroon.shutdown()
+    print(
+        f"\nstorage-hangs[{backend}, {mode}]: "
+        + "; ".join(f"{o}: pay {p * 1000:.0f} ms, return {r * 1000:.0f} ms" for o, p, r in timings)
+    )
+    result = tally(api, orders, lost_answer=slower_than(TIMEOUT[1]))
+    report(result, f"storage-hangs-{mode}", backend)
+    hung = timings[1:] if mode == "frozen" else timings
+    assert max(paid for _, paid, _ in hung) < 3.0, timings  # one guard timeout at most
+    assert max(returned for _, _, returned in hung[1:] or hung) < 3.0, timings
+    assert sum(paid + returned for _, paid, returned in hung) < 4.0, timings  # paid once
+    sent = {conversion.order_id: conversion for conversion in api.conversions}
+    assert all(sent[order_id].attributed_value == Decimal("39.98") for order_id in orders)
 
 
 # --------------------------------------------------------------------------- a commit race

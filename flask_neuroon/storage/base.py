@@ -72,6 +72,9 @@ class Storage(abc.ABC):
 
     #: The URI with any password hidden, for logs and the CLI.
     display_uri: str = ""
+    #: True for a server over the network, which can hang in ways no driver timeout
+    #: covers: a request thread then waits for it through a RequestGuard (storage/guard.py).
+    remote: bool = False
 
     # --- snapshots -------------------------------------------------------------------
 

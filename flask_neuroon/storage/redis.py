@@ -402,6 +402,8 @@ def _redact(uri: str) -> tuple[str, list[str]]:
 class RedisStorage(Storage):
     """Snapshots and the outbox in Redis; see the module docstring for the key layout."""
 
+    remote = True
+
     def __init__(self, client: redis.Redis, *, prefix: str = "neuroon") -> None:
         self.prefix = _check_prefix(prefix)
         self._client = client

@@ -116,6 +116,22 @@ _CONNECT_TIMEOUTS = {
     "mysqldb": "connect_timeout",
 }
 CONNECT_TIMEOUT = 5
+# Bounds for our own background threads (a request never waits on them: see
+# storage/guard.py). PyMySQL waits forever for a server's greeting or answer without a
+# read timeout; libpq notices a vanished host through TCP keepalives and
+# tcp_user_timeout, and a statement stuck behind a lock through statement_timeout.
+READ_TIMEOUT = 60
+_DRIVER_BOUNDS: dict[str, dict[str, Any]] = {
+    "pymysql": {"read_timeout": READ_TIMEOUT, "write_timeout": READ_TIMEOUT},
+    "psycopg": {
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": READ_TIMEOUT * 1000,
+        "options": f"-c statement_timeout={READ_TIMEOUT * 1000}",
+    },
+}
 
 
 # INSERT … ON CONFLICT DO NOTHING RETURNING: one statement, no savepoint.
@@ -138,6 +154,7 @@ class SQLAlchemyStorage(Storage):
     def __init__(self, engine: Engine, *, create_tables: bool = True, owns_engine: bool = False):
         self.engine = engine
         self.display_uri = engine.url.render_as_string(hide_password=True)
+        self.remote = engine.dialect.name != "sqlite"
         self._create_tables = create_tables
         self._owns_engine = owns_engine
         self._ready = False
@@ -151,6 +168,9 @@ class SQLAlchemyStorage(Storage):
         timeout_arg = _CONNECT_TIMEOUTS.get(url.get_driver_name())
         if timeout_arg and timeout_arg not in url.query:
             connect_args[timeout_arg] = CONNECT_TIMEOUT
+        for name, value in _DRIVER_BOUNDS.get(url.get_driver_name(), {}).items():
+            if name not in url.query:
+                connect_args[name] = value
         engine = create_engine(
             url, pool_pre_ping=True, pool_recycle=1800, connect_args=connect_args
         )
