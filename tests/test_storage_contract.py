@@ -242,6 +242,27 @@ class TestSQLiteStorage(StorageContract):
         storage._execute("UPDATE neuroon_snapshots SET clicks = 'not json'")  # type: ignore[attr-defined]
         assert storage.take_snapshot("o", NOW) == {}
 
+    def test_a_new_file_another_worker_is_writing_is_waited_for_not_refused(self, tmp_path: Path):
+        # Two workers' first requests on a new file: one holds its write lock while the
+        # other switches it to WAL, which SQLite refuses at once ("database is locked")
+        # instead of waiting. That refusal once sent an order directly while the other
+        # worker queued it too: the API got it twice.
+        import sqlite3
+
+        path = tmp_path / "new.sqlite3"
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("CREATE TABLE shop_orders (id TEXT)")
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.3, other.execute, ("COMMIT",)).start()
+        backend = storage_from_uri(f"sqlite:///{path}", instance_path=str(tmp_path))
+        started = time.monotonic()
+        try:
+            assert backend.add("o", "{}", NOW) is True  # waited for the lock, then queued
+        finally:
+            backend.close()
+            other.close()
+        assert time.monotonic() - started >= 0.25
+
 
 @pytest.mark.parametrize(
     "uri", ["redis+x://", "sqlite://", "sqlite:///", "nonsense", "sqlite:///a.db?synchronous=maybe"]

@@ -18,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -71,6 +72,26 @@ def _row(values: tuple[Any, ...]) -> OutboxRow:
     return OutboxRow(*values)
 
 
+def _enable_wal(connection: sqlite3.Connection, wait: float) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting up to ``wait`` seconds for other writers.
+
+    Switching a new file to WAL needs its write lock, and SQLite answers "database is
+    locked" at once, without calling the busy handler, while another connection holds
+    it (two workers opening a new file together): so this waits here instead.
+    """
+    deadline = time.monotonic() + wait
+    pause = 0.001
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 class SQLiteStorage(Storage):
     def __init__(
         self,
@@ -116,7 +137,7 @@ class SQLiteStorage(Storage):
         connection = sqlite3.connect(
             self.path, timeout=wait, isolation_level=None, check_same_thread=False
         )
-        connection.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(connection, wait)
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
         connection.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
         # Per connection, not per process: the file may have been replaced meanwhile.
