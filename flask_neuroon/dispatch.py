@@ -29,6 +29,7 @@ from .client import NeuroonClient, SendResult
 from .errors import StorageError
 from .outbox import Outbox
 from .storage.base import BACKGROUND_THREAD_PREFIX, PENDING, OutboxRow
+from .storage.guard import RequestGuard
 
 logger = logging.getLogger("flask_neuroon")
 
@@ -41,6 +42,8 @@ _MAX_CLAIM_BATCH = 16
 _DRAIN_SECONDS = 60.0
 #: How long close() waits for the sender threads to stop.
 _JOIN_SECONDS = 2.0
+#: How long a sender waits for storage to queue an order its request could not queue.
+_REQUEUE_WAIT = 10.0
 
 _DIRECT_STATUS = {"sent": "sent", "duplicate": "duplicate", "retry": "failed", "reject": "failed"}
 
@@ -48,10 +51,18 @@ _DIRECT_STATUS = {"sent": "sent", "duplicate": "duplicate", "retry": "failed", "
 class Courier:
     """One delivery, start to end. Never raises."""
 
-    def __init__(self, client: NeuroonClient, outbox: Outbox | None, report: Report) -> None:
+    def __init__(
+        self,
+        client: NeuroonClient,
+        outbox: Outbox | None,
+        report: Report,
+        guard: RequestGuard | None = None,
+    ) -> None:
         self.client = client
         self.outbox = outbox
         self.report = report
+        #: Bounds this courier's waits on storage that may hang (see storage/guard.py).
+        self.guard = guard
 
     def deliver_id(self, order_id: str) -> str | None:
         """Claim ``order_id`` and send it; None when it is not ours to send (not due,
@@ -107,8 +118,36 @@ class Courier:
             sent += len(rows)
         return sent
 
-    def deliver_direct(self, order_id: str, body: str) -> str:
-        """Send without the outbox: one attempt."""
+    def deliver_direct(self, order_id: str, body: str) -> str | None:
+        """Deliver an order that is not in the outbox: the outbox is off, or the request
+        could not queue it (storage failed or was busy there).
+
+        With an outbox, queue it again first, from here, where a wait costs no shopper
+        anything, and deliver it from its row. A row that turns out to exist already
+        (another worker queued the same order at the same moment) is the outbox's to send:
+        sending it here too would send it twice. Only when storage fails here as well is
+        it sent directly: one attempt, no retry. None when the row is someone else's.
+        """
+        if self.outbox is not None:
+            try:
+                add = self.outbox.add
+                if self.guard is not None:
+                    added = self.guard.call(add, order_id, body, background_wait=_REQUEUE_WAIT)
+                else:
+                    added = add(order_id, body)
+            except StorageError as exc:
+                logger.warning(
+                    "flask-neuroon: order %s cannot be queued (%s); sending it directly, one"
+                    " attempt",
+                    order_id,
+                    exc,
+                )
+            else:
+                status = self.deliver_id(order_id)
+                if status is None and not added:
+                    self._report(order_id, "duplicate", None)  # queued by another, theirs
+                    return "duplicate"
+                return status
         result = self.client.send(body)
         status = _DIRECT_STATUS[result.outcome]
         self._report(order_id, status, result)

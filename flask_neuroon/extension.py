@@ -98,7 +98,7 @@ class _State:
             timeout=settings.timeout,
         )
         _fork.register(self.client)
-        self.courier = Courier(self.client, self.outbox, self.report)
+        self.courier = Courier(self.client, self.outbox, self.report, self.guard)
         self.dispatcher: Dispatcher
         if settings.dispatch == "sync":
             self.dispatcher = SyncDispatcher(self.courier)
@@ -146,8 +146,9 @@ class _State:
         except Exception:
             logger.exception("flask-neuroon: a receiver of %s raised", signal.name)
 
-    def storage_failed(self, operation: str, error: StorageError) -> None:
-        logger.warning("flask-neuroon: %s failed: %s", operation, error)
+    def storage_failed(self, operation: str, error: StorageError, then: str = "") -> None:
+        """Log and signal a storage failure; ``then``: what happens instead, for the log."""
+        logger.warning("flask-neuroon: %s failed: %s%s", operation, error, then and f"; {then}")
         self.signal(storage_failed, operation=operation, error=error)
 
     def report(self, order_id: str, status: str, result: SendResult | None) -> None:
@@ -605,7 +606,11 @@ class Neuroon:
             try:
                 added = state.guard.call(state.outbox.add, order_id, body)
             except StorageError as exc:
-                state.storage_failed(f"queueing order {order_id}; sending it directly", exc)
+                state.storage_failed(
+                    f"queueing order {order_id}",
+                    exc,
+                    "a sender thread queues it again, or sends it directly if it cannot",
+                )
             else:
                 if not added:
                     return Delivery(order_id, "duplicate")

@@ -240,7 +240,9 @@ def test_storage_outage_still_sends_directly_and_checkout_succeeds(api, make_app
     assert api.received_count("SO-1") == 1
     assert api.conversions[0].attributed_value == Decimal("39.98")  # the cookie still came
     assert "saving the clicks of order SO-1 failed" in caplog.text
-    assert "queueing order SO-1; sending it directly failed" in caplog.text
+    assert "queueing order SO-1 failed" in caplog.text
+    assert "order SO-1 cannot be queued" in caplog.text  # by the sender either
+    assert "sending it directly, one attempt" in caplog.text
 
 
 def test_the_api_key_never_appears_in_logs_reprs_or_cli(api, make_app, caplog):
@@ -340,6 +342,51 @@ def test_a_locked_sqlite_file_delays_checkout_by_seconds_not_minutes(api, make_a
     assert elapsed < 12, elapsed  # each storage call gives up after 2 s
     assert api.received_count("LOCK-1") == 1  # sent directly, attributed from the cookie
     assert api.conversions[-1].attributed_value == Decimal("39.98")
+
+
+def test_an_order_another_worker_queued_while_storage_was_busy_is_not_sent_twice(
+    api, make_app, tmp_path, caplog
+):
+    # Two workers on one SQLite file confirm the same order at once. Worker B looks the
+    # order up (not there yet); worker A queues it; then the file is busy for longer than
+    # a checkout may wait, so B cannot queue it. B's sender queues it again once the file
+    # is free, finds A's row and leaves it to A: one delivery, not a direct send as well.
+    import sqlite3
+
+    from flask_neuroon.signals import attribution_mismatch
+
+    worker_a, neuroon_a = make_app(api, NEUROON_DISPATCH="sync")
+    worker_b, neuroon_b = make_app(api, NEUROON_DISPATCH="thread")
+    with worker_a.app_context():  # create the file and its tables
+        neuroon_a.track_conversion(make_order("BUSY-0"), clicks={})
+    blockers: list[sqlite3.Connection] = []
+
+    def meanwhile_worker_a_queues_it(sender, **_: object) -> None:
+        # Runs inside B's track_conversion, after its look-up and before its queueing.
+        with worker_a.app_context():
+            assert neuroon_a.track_conversion(make_order("BUSY-1"), clicks={}).status == "sent"
+        blocker = sqlite3.connect(
+            tmp_path / "neuroon.sqlite3", isolation_level=None, check_same_thread=False
+        )
+        blocker.execute("BEGIN IMMEDIATE")  # a long transaction of another tool
+        blockers.append(blocker)
+        threading.Timer(3.0, blocker.execute, ("ROLLBACK",)).start()
+
+    attribution_mismatch.connect(meanwhile_worker_a_queues_it, worker_b)
+    try:
+        with worker_b.app_context():
+            delivery = neuroon_b.track_conversion(make_order("BUSY-1"), clicks={"OTHER": "x"})
+            delivery.wait(15)
+            neuroon_b.flush(5)
+    finally:
+        attribution_mismatch.disconnect(meanwhile_worker_a_queues_it, worker_b)
+        time.sleep(3.1)
+        for blocker in blockers:
+            blocker.close()
+    assert api.received_count("BUSY-1") == 1
+    assert delivery.status == "duplicate"
+    assert "queueing order BUSY-1 failed" in caplog.text  # B's checkout gave up waiting
+    assert "order BUSY-1 cannot be queued" not in caplog.text
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

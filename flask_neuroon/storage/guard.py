@@ -14,8 +14,9 @@ A call that was abandoned may still finish later, or not at all; one still queue
 its caller gave up is never run. Every operation it guards is one the outbox tolerates
 running late (a row added twice is refused by its primary key; a late snapshot expires).
 
-Calls from flask-neuroon's own background threads are not guarded (they may wait), nor
-are calls for backends that cannot hang this way (``offload=False``: SQLite, memory).
+Calls from flask-neuroon's own background threads are not guarded (they may wait)
+unless they ask for a bound (``background_wait``), nor are calls for backends that cannot
+hang this way (``offload=False``: SQLite, memory).
 The worker threads are daemons, started lazily in the process that uses them, and
 never survive a fork.
 """
@@ -72,10 +73,19 @@ class RequestGuard:
     def _after_fork(self) -> None:
         self._init_process_state()
 
-    def call(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)``, waited for at most ``timeout`` seconds on a request path."""
+    def call(
+        self, function: Callable[..., T], *args: Any, background_wait: float | None = None
+    ) -> T:
+        """``function(*args)``, waited for at most ``timeout`` seconds on a request path.
+
+        In flask-neuroon's own threads the call runs as it is, unless ``background_wait``
+        bounds it too (seconds): a sender that must not wait forever for a hung server.
+        """
+        timeout = self.timeout
         if in_background_thread():
-            return function(*args)
+            if background_wait is None:
+                return function(*args)
+            timeout = background_wait
         now = time.monotonic()
         if now < self._resting_until:
             raise StorageError(
@@ -86,21 +96,21 @@ class RequestGuard:
             return function(*args)
         started = time.monotonic()
         try:
-            return self._offloaded(function, args)
+            return self._offloaded(function, args, timeout)
         except StorageError:
             if time.monotonic() - started >= self.timeout / 2:
                 self._rest()  # a slow failure: the next one would be as slow
             raise
 
-    def _offloaded(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _offloaded(self, function: Callable[..., T], args: tuple[Any, ...], timeout: float) -> T:
         if self._pid != os.getpid():
             self._after_fork()
         if not self._start():
             return function(*args)  # no thread to be had (a process limit): wait ourselves
-        call = _Call(function, args, time.monotonic() + self.timeout)
+        call = _Call(function, args, time.monotonic() + timeout)
         self._calls.put(call)
-        if not call.done.wait(self.timeout):
-            raise StorageError(f"{self.name} did not answer within {self.timeout:g} s")
+        if not call.done.wait(timeout):
+            raise StorageError(f"{self.name} did not answer within {timeout:g} s")
         if call.error is not None:
             raise call.error
         return call.result  # type: ignore[no-any-return]
