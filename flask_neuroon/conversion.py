@@ -16,14 +16,18 @@ Rules (see DESIGN.md, "The wire contract"):
   after discount lines with negative totals), the attributed totals are scaled down in
   proportion and the rounding remainder is spread (largest remainder first) so that the
   entries add up to ``attributedValue`` exactly.
-* The order's id, total and currency are checked strictly: anything wrong there raises
-  :class:`~flask_neuroon.errors.InvalidOrder` naming the order and the field (the order
-  cannot be sent at all). A *line* never voids the order: a clicked line that cannot be
-  attributed (a quantity that is not a positive whole number, no price, an amount out of
-  range) is left out of ``conversions[]`` with a warning naming the line and the reason,
-  and counts towards the lines' sum like any line nobody clicked: a discount line
-  (negative), a shipping line without a product, a free gift (quantity 0), a weighed
-  product (0.5), and not at all when unreadable.
+* What goes on the wire is checked strictly: the order's id, total and currency, and
+  each *clicked* line (a positive whole quantity, a readable price or total). Wrong data
+  there (no price, NaN, a quantity of ``"two"`` or ``True``, an amount out of range)
+  raises :class:`~flask_neuroon.errors.InvalidOrder` naming the order and the field:
+  sending the order without that line would lose its credit for good, since the fixed
+  order, tracked again, is a duplicate. Two real cases are no error: a clicked free gift
+  (quantity 0) or weighed product (0.5) is no whole number of units, so it is left out of
+  ``conversions[]`` with a warning and counts towards the lines' sum; a clicked line with
+  a negative total (a per-item discount) lowers that product's entry. Lines nobody
+  clicked never void the order: a discount line (negative), a shipping line without a
+  product, a free gift, a weighed product only count towards the lines' sum, and not at
+  all when unreadable.
 * Click entries that cannot be sent (an empty or non-string searchLogId) are ignored.
 """
 
@@ -164,8 +168,22 @@ def _quantity(value: Any, order_id: str | None, field: str) -> int:
     return number
 
 
+def _uncounted_quantity(value: Any) -> Decimal | None:
+    """A quantity that is a real amount but no whole number of units: 0 (a free gift) or
+    a positive fraction (a weighed product). None for anything else."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = _to_decimal(value, None, "quantity")
+    except InvalidOrder:
+        return None
+    if number < 0 or (number > 0 and number == number.to_integral_value()):
+        return None
+    return number
+
+
 def _line_total(
-    line: OrderLine, quantity: int, exponent: Decimal, order_id: str | None, where: str
+    line: OrderLine, quantity: Decimal | int, exponent: Decimal, order_id: str | None, where: str
 ) -> Decimal:
     if line.line_total is not None:
         field = f"{where}.lineTotal"
@@ -309,16 +327,21 @@ def build_payload(order: Order, clicks: Mapping[str, str]) -> dict[str, Any]:
                         # A discount line of the clicked product: it lowers that entry.
                         product_discounts[key] = product_discounts.get(key, Decimal(0)) + loose
                         continue
+                    uncounted = _uncounted_quantity(line.quantity)
+                    if uncounted is None:
+                        raise  # wrong data (no price, NaN, "two"): fix it, then track again
+                    # A free gift (0) or a weighed product (0.5): real, but not units.
+                    total = _line_total(line, uncounted, exponent, order_id, where)
                     logger.warning(
                         "flask-neuroon: order %s: %s, a clicked product (%s), is not"
-                        " attributed: %s: %s",
+                        " attributed: %s: %s (the contract counts whole units)",
                         order_id,
                         where,
                         key,
                         exc.field or where,
                         exc.reason,
                     )
-                    lines_sum += loose
+                    lines_sum += total
                     continue
                 lines_sum += total
                 entry = entries.get(key)

@@ -248,33 +248,53 @@ def test_invalid_orders_raise_a_clear_error_naming_order_and_field(order, field,
         assert "order 'o'" in str(error)
 
 
-@pytest.mark.parametrize(
-    ("odd_line", "field", "words"),
-    [
-        ({"sku": "a", "qty": 0, "price": 1}, "lines[0].quantity", "positive integer"),
-        ({"sku": "a", "qty": 1.5, "price": 1}, "lines[0].quantity", "positive integer"),
-        ({"sku": "a", "qty": "0.5", "price": 4}, "lines[0].quantity", "positive integer"),
-        ({"sku": "a", "qty": "two", "price": 1}, "lines[0].quantity", "positive integer"),
-        ({"sku": "a", "qty": True, "price": 1}, "lines[0].quantity", "positive integer"),
-        ({"sku": "a"}, "lines[0]", "needs a unitPrice or a lineTotal"),
-        ({"sku": "a", "qty": 1, "subtotal": 10}, "lines[0]", "needs a unitPrice or a lineTotal"),
-        ({"sku": "a", "price": "nan"}, "lines[0].unitPrice", "finite"),
-        ({"sku": "a", "qty": 2, "price": Decimal("9E+999999")}, "lines[0].unitPrice", "too large"),
-        ({"sku": "a", "line_total": "9E+999999"}, "lines[0].lineTotal", "too large"),
-    ],
-)
-def test_a_clicked_line_that_cannot_be_attributed_never_voids_the_order(
-    odd_line, field, words, caplog
-):
-    # A weighed product, a free gift, a line whose price the shop keeps under another key:
-    # the order is still sent (its value is real), that line is only left unattributed,
-    # and a warning names the line and the reason so that the shop can fix its data.
-    order = {
+def _beside_a_clicked_line(odd_line: dict[str, Any]) -> dict[str, Any]:
+    """Order ``o`` of 25.00: ``odd_line`` and a clicked 5.00 line of product ``b``."""
+    return {
         "id": "o",
         "total": "25.00",
         "currency": "EUR",
         "lines": [odd_line, {"sku": "b", "qty": 1, "price": "5.00"}],
     }
+
+
+@pytest.mark.parametrize(
+    ("odd_line", "field", "words"),
+    [
+        ({"sku": "a", "qty": "two", "price": 1}, "lines[0].quantity", "positive integer"),
+        ({"sku": "a", "qty": True, "price": 1}, "lines[0].quantity", "positive integer"),
+        ({"sku": "a", "qty": "NaN", "price": 1}, "lines[0].quantity", "positive integer"),
+        ({"sku": "a"}, "lines[0]", "needs a unitPrice or a lineTotal"),
+        ({"sku": "a", "qty": 1, "subtotal": 10}, "lines[0]", "needs a unitPrice or a lineTotal"),
+        ({"sku": "a", "price": "nan"}, "lines[0].unitPrice", "finite"),
+        ({"sku": "a", "qty": "0.5", "price": "nan"}, "lines[0].unitPrice", "finite"),
+        ({"sku": "a", "qty": 2, "price": Decimal("9E+999999")}, "lines[0].unitPrice", "too large"),
+        ({"sku": "a", "line_total": "9E+999999"}, "lines[0].lineTotal", "too large"),
+    ],
+)
+def test_a_clicked_line_with_wrong_data_is_an_invalid_order(odd_line, field, words):
+    # Sent without that line, the order would lose the credit for good: fixed and tracked
+    # again it is a duplicate. Invalid, the snapshot waits for the fixed order.
+    order = _beside_a_clicked_line(odd_line)
+    with pytest.raises(InvalidOrder) as caught:
+        payload(order, {"a": "log-a", "b": "log-b"})
+    assert caught.value.field == field
+    assert words in str(caught.value) and "order 'o'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("odd_line", "line_sum"),
+    [
+        ({"sku": "a", "qty": 0, "price": 1}, "0.00"),  # a free gift
+        ({"sku": "a", "qty": 1.5, "price": 1}, "1.50"),  # weighed
+        ({"sku": "a", "qty": "0.5", "price": 4}, "2.00"),
+        ({"sku": "a", "qty": "0.25", "line_total": "3.10"}, "3.10"),
+    ],
+)
+def test_a_clicked_free_gift_or_weighed_product_is_left_unattributed(odd_line, line_sum, caplog):
+    # Real lines, but no whole number of units, which the contract counts: the order is
+    # sent, that line is left unattributed, and a warning names it and the reason.
+    order = _beside_a_clicked_line(odd_line)
     with caplog.at_level(logging.WARNING, logger="flask_neuroon"):
         body = payload(order, {"a": "log-a", "b": "log-b"})
     assert body["orderValue"] == Decimal("25.00")
@@ -283,7 +303,24 @@ def test_a_clicked_line_that_cannot_be_attributed_never_voids_the_order(
     assert len(caplog.records) == 1, caplog.text
     message = caplog.records[0].getMessage()
     assert "order o: lines[0], a clicked product (a), is not attributed" in message
-    assert f"{field}: " in message and words in message
+    assert "lines[0].quantity: quantity must be a positive integer" in message
+
+
+def test_a_clicked_weighed_line_counts_towards_the_lines_sum():
+    # 0.5 x 30.00 of clicked coffee plus 20.00 of a clicked mug, paid 30.00 after a coupon:
+    # the lines add up to 35.00, so the mug is attributed 20 x 30/35 = 17.14.
+    order = {
+        "id": "o",
+        "total": "30.00",
+        "currency": "EUR",
+        "lines": [
+            {"sku": "COFFEE", "qty": "0.5", "price": "30.00"},
+            {"sku": "MUG", "qty": 1, "price": "20.00"},
+        ],
+    }
+    body = payload(order, {"COFFEE": "log-c", "MUG": "log-m"})
+    assert body["attributedValue"] == Decimal("17.14")
+    assert body["conversions"][0]["lineTotal"] == Decimal("17.14")
 
 
 def test_a_negative_line_of_a_clicked_product_lowers_its_entry():
