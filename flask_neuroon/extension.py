@@ -230,6 +230,11 @@ def _check_signature(function: Any, name: str, expected: str, arguments: int = 0
         raise TypeError(f"{name} must be {expected}; {function!r} cannot be: {exc}") from None
 
 
+def _discard(delivery: Delivery) -> None:
+    """The shop's transaction rolled back: nothing is sent."""
+    delivery._update("discarded", "the shop's transaction rolled back")
+
+
 def _safe_order_id(order: Any) -> str | None:
     try:
         return order_id_of(order)
@@ -513,12 +518,11 @@ class Neuroon:
         if not payload["conversions"] and not settings.send_unattributed:
             return Delivery(order_id, "skipped")
         if transaction is not None:
-            delivery = self._enqueue_in(state, order_id, payload, transaction)
-        else:
-            delivery = self._enqueue(state, order_id, payload)
-        if not explicit and delivery.status != "invalid":
+            return self._enqueue_in(state, order_id, payload, transaction, forget=not explicit)
+        delivery = self._enqueue(state, order_id, payload)
+        if not explicit:
             # Queued (or already there): the snapshot has done its job.
-            self._forget_snapshot(state, order_id, transaction[0] if transaction else None)
+            self._forget_snapshot(state, order_id)
         return delivery
 
     @staticmethod
@@ -558,50 +562,97 @@ class Neuroon:
 
     @staticmethod
     def _transaction(state: _State, connection: Any) -> Any:
-        """(Connection, watch, after_commit) of the shop's transaction, or None (logged)."""
-        from .storage.sqlalchemy import SQLAlchemyStorage, in_transaction
+        """(Connection or None, watch, after_commit) of the shop's transaction, or None
+        when ``connection`` is none of SQLAlchemy's (logged). The Connection is None when
+        the outbox is not in that database: the row then cannot be written inside the
+        shop's transaction, and is queued once it commits instead."""
+        from .storage.sqlalchemy import SQLAlchemyStorage, in_transaction, same_database
 
-        if state.outbox is None or not isinstance(state.storage, SQLAlchemyStorage):
-            logger.error(
-                "flask-neuroon: connection= needs the outbox on SQLAlchemy storage in the same"
-                " database (NEUROON_STORAGE_URI or init_app(engine=...)); tracking without it"
-            )
-            return None
         try:
-            return in_transaction(connection)
+            shop_connection, watch, after_commit = in_transaction(connection)
         except Exception:
             logger.exception("flask-neuroon: cannot use the given connection; tracking without it")
             return None
+        storage = state.storage
+        if state.outbox is None or not isinstance(storage, SQLAlchemyStorage):
+            logger.error(
+                "flask-neuroon: connection= needs the outbox on SQLAlchemy storage in the same"
+                " database (NEUROON_STORAGE_URI or init_app(engine=...)); queueing the order"
+                " after your commit instead"
+            )
+            return None, watch, after_commit
+        if not same_database(shop_connection.engine, storage.engine):
+            logger.error(
+                "flask-neuroon: connection= is a connection to %s, the outbox is in %s:"
+                " queueing the order after your commit instead (init_app(engine=...) keeps"
+                " the outbox in your database)",
+                shop_connection.engine.url.render_as_string(hide_password=True),
+                storage.display_uri,
+            )
+            return None, watch, after_commit
+        return shop_connection, watch, after_commit
 
     def _enqueue_in(
-        self, state: _State, order_id: str, payload: dict[str, Any], transaction: Any
+        self,
+        state: _State,
+        order_id: str,
+        payload: dict[str, Any],
+        transaction: Any,
+        *,
+        forget: bool,
     ) -> Delivery:
+        """Queue ``payload`` in the shop's transaction (``forget``: and delete the order's
+        snapshot there too), or, when that cannot be, once the transaction commits."""
         connection, watch, after_commit = transaction
-        try:
-            added = state.storage.add(  # type: ignore[call-arg]
-                order_id, dumps_payload(payload), time.time(), connection=connection
-            )
-        except StorageError as exc:
-            state.storage_failed(f"queueing order {order_id} in the shop's transaction", exc)
-            return self._enqueue(state, order_id, payload)
-        if not added:
-            return Delivery(order_id, "duplicate")
         delivery = Delivery(order_id)
-        state.deliveries[order_id] = delivery
+        if connection is not None:
+            try:
+                added = state.storage.add(  # type: ignore[call-arg]
+                    order_id, dumps_payload(payload), time.time(), connection=connection
+                )
+            except StorageError as exc:
+                # A savepoint undid just our statement: the shop's transaction goes on.
+                state.storage_failed(
+                    f"queueing order {order_id} in the shop's transaction",
+                    exc,
+                    "it is queued after the shop's commit instead",
+                )
+            else:
+                if not added:
+                    return Delivery(order_id, "duplicate")
+                if forget:
+                    self._forget_snapshot(state, order_id, connection)
+                state.deliveries[order_id] = delivery
 
-        def committed() -> None:
-            state.signal(conversion_queued, order_id=order_id, payload=payload)
-            state.dispatcher.submit_id(order_id, wait_for_row=0.0 if after_commit else 2.0)
+                def committed() -> None:
+                    state.signal(conversion_queued, order_id=order_id, payload=payload)
+                    state.dispatcher.submit_id(order_id, wait_for_row=0.0 if after_commit else 2.0)
 
-        def rolled_back() -> None:
-            delivery._update("discarded", "the shop's transaction rolled back")
+                watch(committed, functools.partial(_discard, delivery))
+                return delivery
 
-        watch(committed, rolled_back)
+        def queue_after_commit() -> None:
+            try:
+                self._enqueue(state, order_id, payload, delivery)
+                if forget and delivery.status != "duplicate":
+                    self._forget_snapshot(state, order_id)
+            except Exception:  # never into the shop's commit
+                logger.exception("flask-neuroon: queueing order %s after the commit", order_id)
+
+        watch(queue_after_commit, functools.partial(_discard, delivery))
         return delivery
 
-    def _enqueue(self, state: _State, order_id: str, payload: dict[str, Any]) -> Delivery:
+    def _enqueue(
+        self,
+        state: _State,
+        order_id: str,
+        payload: dict[str, Any],
+        delivery: Delivery | None = None,
+    ) -> Delivery:
+        """Queue ``payload`` (or send it, see below); ``delivery``: the handle to report on."""
         body = dumps_payload(payload)
-        delivery = Delivery(order_id)
+        if delivery is None:
+            delivery = Delivery(order_id)
         if state.outbox is not None:
             try:
                 added = state.guard.call(state.outbox.add, order_id, body)
@@ -613,13 +664,15 @@ class Neuroon:
                 )
             else:
                 if not added:
-                    return Delivery(order_id, "duplicate")
+                    delivery._update("duplicate")
+                    return delivery
                 state.signal(conversion_queued, order_id=order_id, payload=payload)
                 state.deliveries[order_id] = delivery
                 state.dispatcher.submit_id(order_id)  # full queue: the row waits in the outbox
                 return delivery
         if not state.first_time(order_id):
-            return Delivery(order_id, "duplicate")
+            delivery._update("duplicate")
+            return delivery
         state.signal(conversion_queued, order_id=order_id, payload=payload)
         state.deliveries[order_id] = delivery
         if not state.dispatcher.submit_direct(order_id, body):

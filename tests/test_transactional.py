@@ -155,15 +155,109 @@ def test_duplicate_inside_the_transaction_does_not_break_it(shop, api):
     assert api.received_count("TX-3") == 1
 
 
-def test_connection_with_storage_elsewhere_is_logged_and_tracked_normally(api, make_app, caplog):
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_connection_to_another_database_queues_after_the_commit_only(
+    api, make_app, caplog, outcome
+):
+    # The outbox (the SQLite default) is not in the shop's database, so the row cannot be
+    # written in its transaction: it is queued once that commits, never after a rollback.
     need_service("SQLAlchemy", importable("sqlalchemy"))
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
 
-    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")  # the SQLite default, not SQLAlchemy
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
     engine = create_engine("sqlite://")
-    with app.app_context(), engine.connect() as connection:
-        assert (
-            neuroon.track_conversion(order("ELSE-1"), clicks={}, connection=connection).status
-            == "sent"
-        )
+    with app.app_context(), Session(engine) as session:
+        session.execute(text("CREATE TABLE shop_orders (id TEXT)"))
+        session.execute(text("INSERT INTO shop_orders VALUES ('ELSE-1')"))
+        delivery = neuroon.track_conversion(order("ELSE-1"), clicks={}, connection=session)
+        assert delivery.status == "pending" and api.requests == []
+        session.commit() if outcome == "commit" else session.rollback()
     assert "connection= needs the outbox on SQLAlchemy storage" in caplog.text
+    assert delivery.status == ("sent" if outcome == "commit" else "discarded")
+    assert api.received_count("ELSE-1") == (1 if outcome == "commit" else 0)
+
+
+@pytest.fixture
+def bare_postgres_shop(api: FakeNeuroonAPI, tmp_path: Path) -> Iterator[tuple[Flask, Neuroon, Any]]:
+    """A shop on a database of its own whose migrations have not created neuroon's tables
+    yet (NEUROON_CREATE_TABLES = False): its outbox statements fail."""
+    need_service("PostgreSQL", importable("psycopg") and port_open("127.0.0.1", 5432))
+    from sqlalchemy import create_engine, text
+
+    from .faults import private_database
+
+    with private_database(POSTGRES_URL) as url:
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE shop_orders (id TEXT PRIMARY KEY)"))
+        app = Flask("bare_shop", instance_path=str(tmp_path / "instance"))
+        app.config.update(
+            base_config(api, tmp_path, NEUROON_DISPATCH="sync", NEUROON_CREATE_TABLES=False)
+        )
+        neuroon = Neuroon()
+        neuroon.init_app(app, engine=engine)
+        yield app, neuroon, engine
+        with app.app_context():
+            neuroon.shutdown()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_an_outbox_statement_that_fails_leaves_the_shops_transaction_intact(
+    bare_postgres_shop, api, caplog, outcome
+):
+    # On PostgreSQL a failed statement aborts the whole transaction: the shop's commit
+    # then raised and its page was a 500, while the order had gone out directly anyway.
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    app, neuroon, engine = bare_postgres_shop
+    with app.app_context(), Session(engine) as session:
+        session.execute(text("INSERT INTO shop_orders VALUES ('BARE-1')"))
+        delivery = neuroon.track_conversion(order("BARE-1"), clicks={}, connection=session)
+        assert api.requests == []  # nothing leaves before the shop commits
+        session.commit() if outcome == "commit" else session.rollback()
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT id FROM shop_orders")).scalars().all()
+    assert "queueing order BARE-1 in the shop's transaction failed" in caplog.text
+    if outcome == "commit":
+        assert stored == ["BARE-1"]  # the shop's commit went through
+        assert api.received_count("BARE-1") == 1  # then the order: no outbox, so directly
+        assert delivery.status == "sent"
+    else:
+        assert stored == []
+        assert api.received_count("BARE-1") == 0
+        assert delivery.status == "discarded"
+
+
+def test_a_session_on_another_postgres_database_queues_after_the_commit(api, tmp_path, caplog):
+    # The outbox is SQLAlchemy storage, but in another database than the shop's session:
+    # writing the row on the shop's connection would put it where no sender looks.
+    need_service("PostgreSQL", importable("psycopg") and port_open("127.0.0.1", 5432))
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    from .faults import private_database
+
+    with private_database(POSTGRES_URL) as shop_url, private_database(POSTGRES_URL) as ours:
+        app = Flask("two_databases", instance_path=str(tmp_path / "instance"))
+        app.config.update(
+            base_config(api, tmp_path, NEUROON_DISPATCH="sync", NEUROON_STORAGE_URI=ours)
+        )
+        neuroon = Neuroon(app)
+        engine = create_engine(shop_url)
+        try:
+            with app.app_context(), Session(engine) as session:
+                session.execute(text("CREATE TABLE shop_orders (id TEXT)"))
+                delivery = neuroon.track_conversion(order("TWO-1"), clicks={}, connection=session)
+                assert api.requests == []
+                session.commit()
+                assert delivery.status == "sent"
+                assert app.extensions["neuroon"].storage.get("TWO-1").state == "sent"
+        finally:
+            with app.app_context():
+                neuroon.shutdown()
+            engine.dispose()
+    assert "the outbox is in postgresql+psycopg://" in caplog.text
+    assert api.received_count("TWO-1") == 1

@@ -210,14 +210,23 @@ class SQLAlchemyStorage(Storage):
 
     @contextlib.contextmanager
     def _begin(self, connection: Connection | None = None) -> Iterator[Connection]:
-        """A transaction of our own, or the caller's connection (their transaction)."""
+        """A transaction of our own, or the caller's connection (their transaction).
+
+        In the caller's transaction our statements run in a savepoint: one that fails (no
+        table yet, a lock timeout) is undone alone, and on PostgreSQL it would otherwise
+        abort the shop's whole transaction, its commit and its page. (Not on SQLite: a
+        failed statement aborts nothing there, and pysqlite's savepoints commit early.)
+        """
         with self._errors():
             self._prepare()
-            if connection is not None:
+            if connection is None:
+                with self.engine.begin() as own:
+                    yield own
+            elif connection.dialect.name == "sqlite":
                 yield connection
-                return
-            with self.engine.begin() as own:
-                yield own
+            else:
+                with connection.begin_nested():
+                    yield connection
 
     def _uses_skip_locked(self, connection: Connection) -> bool:
         if self._skip_locked is None:
@@ -501,6 +510,19 @@ def _listen_connection(connection: Any) -> None:
     event.listen(connection, "rollback", lambda c: _settle(c, False))
 
 
+def same_database(one: Engine, other: Engine) -> bool:
+    """Whether two engines reach the same database (whatever driver, user or options)."""
+    if one is other:
+        return True
+    a, b = one.url, other.url
+    return (a.get_backend_name(), a.host or "", a.port, a.database) == (
+        b.get_backend_name(),
+        b.host or "",
+        b.port,
+        b.database,
+    )
+
+
 def in_transaction(transaction: Any) -> tuple[Connection, Watch, bool]:
     """The Connection of a shop's Session or Connection, a way to run code when its
     transaction ends (``watch(on_commit, on_rollback)``), and whether ``on_commit`` runs
@@ -520,4 +542,11 @@ def in_transaction(transaction: Any) -> tuple[Connection, Watch, bool]:
     )
 
 
-__all__ = ["SQLAlchemyStorage", "in_transaction", "metadata", "outbox_table", "snapshots_table"]
+__all__ = [
+    "SQLAlchemyStorage",
+    "in_transaction",
+    "metadata",
+    "outbox_table",
+    "same_database",
+    "snapshots_table",
+]
