@@ -6,7 +6,7 @@ fake of the gateway's side (no network, no SDK). The pages are in ``docs/recipes
 * ``paypal_return`` — PayPal: the shopper returns with ``token``/``PayerID`` (GET, or a
   cross-site POST), the shop captures server-side, ``@on_order_confirmed`` tracks
 * ``three_d_secure`` — the issuer's ACS posts the shopper back cross-site (``cres`` /
-  ``PaRes``): no ``SameSite=Lax`` cookie, so ``clicks_for`` uses the snapshot or the
+  ``PaRes``): no ``SameSite=Lax`` cookie, so ``track_conversion`` uses the snapshot or the
   signed mirror cookie (``NEUROON_SNAPSHOTS="both"``)
 * ``redsys`` — a Redsys-style signed notification (``Ds_MerchantParameters`` +
   ``Ds_Signature``) confirms the order; ``URLOK`` only displays

@@ -339,7 +339,7 @@ def stripe_webhook() -> ResponseReturnValue:
     paid = state().orders.mark_paid(order.id)  # idempotent: Stripe may deliver twice
     carried = carried_clicks(session)
     if carried:  # several hosts without shared storage
-        delivery = neuroon.track_conversion(paid, clicks={**carried, **neuroon.clicks_for(paid.id)})
+        delivery = neuroon.track_conversion(paid, clicks=carried)
     else:  # the snapshot taken by @before_gateway (no cookie comes with a webhook)
         delivery = neuroon.track_conversion(paid)
     # A repeated event is "duplicate": nothing is sent twice. Answer 2xx either way, or

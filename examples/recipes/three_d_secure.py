@@ -11,7 +11,7 @@ Run it: ``flask --app examples.recipes.three_d_secure run``.
 * ``POST /3ds/return``             the ACS's cross-site form POST (``cres`` +
                                    ``threeDSSessionData``, or 3-D Secure 1's ``PaRes`` + ``MD``):
                                    no ``SameSite=Lax`` cookie. Complete the payment with the
-                                   PSP, then ``clicks_for`` (snapshot, else the signed mirror
+                                   PSP, then ``track_conversion`` (snapshot, else the signed mirror
                                    cookie) and ``track_conversion``
 * ``GET  /orders/<id>/thanks``     displays
 
@@ -286,8 +286,9 @@ def three_ds_return() -> ResponseReturnValue:
             logger.error("payment %s does not match order %s", payment["id"], order.id)
             return "The payment does not match the order.", 402
         paid = state().orders.mark_paid(order.id)
-        clicks = neuroon.clicks_for(paid.id)  # no Lax cookie: the snapshot, else the mirror
-        neuroon.track_conversion(paid, clicks=clicks)
+        # No Lax cookie here: the snapshot, else the mirror. Read, not consumed, until the
+        # order is queued, so a PSP webhook racing this return is attributed as well.
+        neuroon.track_conversion(paid)
     return redirect(url_for(".thanks", order_id=order.id), code=303)
 
 
