@@ -141,6 +141,25 @@ def _number(key: str, value: Any, *, minimum: float = 0, allow_equal: bool = Tru
     return number
 
 
+#: The shortest piece of a secret that is hidden where it appears (a message may show a
+#: value cut short, and with it only part of a key pasted into the wrong setting).
+_SECRET_PIECE = 8
+
+
+def _scrub_secret(text: str, secret: str) -> str:
+    """``text`` with every piece of ``secret`` of _SECRET_PIECE or more characters as ``***``."""
+    if len(secret) < 4:
+        return text
+    if secret in text:
+        text = text.replace(secret, "***")
+    for length in range(len(secret) - 1, _SECRET_PIECE - 1, -1):
+        for start in range(len(secret) - length + 1):
+            piece = secret[start : start + length]
+            if piece in text:
+                text = text.replace(piece, "***")
+    return text
+
+
 def _shown(value: Any) -> str:
     """A value for an error message: its repr, cut short."""
     text = repr(value)
@@ -316,7 +335,7 @@ class Settings:
     origin: str | None
     enabled: bool
     cookie_name: str
-    storage_uri: str
+    storage_uri: str = field(repr=False)  # may hold a password
     snapshot_ttl: float
     outbox: bool
     max_workers: int
@@ -372,9 +391,10 @@ class Settings:
             return cls._from_config(config)
         except ConfigurationError as exc:
             key = config.get("NEUROON_API_KEY")
-            if isinstance(key, str) and len(key.strip()) >= 4 and key.strip() in str(exc):
-                message = str(exc).split(": ", 1)[-1].replace(key.strip(), "***")
-                raise ConfigurationError(exc.key, message) from None
+            message = str(exc).split(": ", 1)[-1]
+            scrubbed = _scrub_secret(message, key.strip()) if isinstance(key, str) else message
+            if scrubbed != message:
+                raise ConfigurationError(exc.key, scrubbed) from None
             raise
 
     @classmethod

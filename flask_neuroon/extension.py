@@ -47,6 +47,7 @@ from .signals import (
 )
 from .storage import Storage, storage_from_uri
 from .storage.guard import RequestGuard
+from .storage.uri import display_uri
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -586,7 +587,7 @@ class Neuroon:
                 "flask-neuroon: connection= is a connection to %s, the outbox is in %s:"
                 " queueing the order after your commit instead (init_app(engine=...) keeps"
                 " the outbox in your database)",
-                shop_connection.engine.url.render_as_string(hide_password=True),
+                display_uri(shop_connection.engine.url.render_as_string(hide_password=True)),
                 storage.display_uri,
             )
             return None, watch, after_commit

@@ -157,6 +157,17 @@ def test_a_key_pasted_into_another_setting_is_not_echoed(slot):
     assert "S3CRET" not in str(caught.value) and "S3CRET" not in repr(caught.value)
 
 
+@pytest.mark.parametrize("slot", ["NEUROON_MAX_WORKERS", "NEUROON_COOKIE_NAME"])
+def test_part_of_a_key_cut_short_in_an_error_is_not_echoed_either(slot):
+    # An error shows a long value cut at 60 characters: with it, a part of the key.
+    key = "sk_0123456789abcdefghijklmnopqrstuv"
+    with pytest.raises(ConfigurationError) as caught:
+        settings(**{"NEUROON_API_KEY": key, slot: f"{'x' * 30} {key} {key}"})
+    message = str(caught.value)
+    assert caught.value.key == slot
+    assert not [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8] in message]
+
+
 @pytest.mark.parametrize(
     ("missing", "reason"),
     [

@@ -73,6 +73,41 @@ def test_unreachable_database_fails_fast_with_a_storage_error():
     assert "***" in repr(storage)
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql+psycopg://neuroon@127.0.0.1:1/nowhere?password=s3cret",
+        "postgresql+psycopg:///nowhere?host=127.0.0.1&port=1&password=s3cret",
+        "postgresql+psycopg://neuroon@127.0.0.1:1/nowhere?sslpassword=s3cret&connect_timeout=1",
+        "mysql+pymysql://neuroon@127.0.0.1:1/nowhere?passwd=s3cret",
+    ],
+)
+def test_a_password_given_as_a_query_option_is_hidden_too(uri: str, tmp_path: Path, caplog):
+    need_service("SQLAlchemy drivers", importable("psycopg") and importable("pymysql"))
+    from flask import Flask
+
+    from flask_neuroon import Neuroon
+
+    from .conftest import base_config
+
+    app = Flask("pw", instance_path=str(tmp_path))
+    app.config.update(base_config(None, tmp_path, NEUROON_STORAGE_URI=uri))
+    Neuroon(app)
+    state = app.extensions["neuroon"]
+    with pytest.raises(StorageError) as caught:
+        state.storage.add("o", "{}", NOW)
+    result = app.test_cli_runner().invoke(args=["neuroon", "check"])
+    shown = [
+        repr(state),
+        repr(state.settings),
+        repr(state.storage),
+        str(caught.value),
+        result.output,
+    ]
+    assert "***" in state.storage.display_uri
+    assert not [text for text in shown if "s3cret" in text]
+
+
 def test_unknown_sql_driver_is_a_configuration_error():
     need_service("SQLAlchemy", importable("sqlalchemy"), "the sqlalchemy extra")
     with pytest.raises(ConfigurationError, match="not a usable SQLAlchemy URL"):

@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import redis
 from redis.backoff import ConstantBackoff
@@ -60,6 +60,7 @@ from redis.retry import Retry
 from ..errors import ConfigurationError, StorageError
 from .base import DEAD, PENDING, SENT, STATES, OutboxRow, OutboxStats, Storage
 from .serialization import dumps_clicks, loads_clicks
+from .uri import redact_uri
 
 #: Defaults of :meth:`RedisStorage.from_uri`; ``?socket_connect_timeout=`` and
 #: ``?socket_timeout=`` in the URI win. A dead or hung Redis fails in about this long
@@ -372,33 +373,6 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-def _redact(uri: str) -> tuple[str, list[str]]:
-    """``uri`` with its password(s) replaced by ``***``, and the secrets it held."""
-    base, mark, query = uri.partition("?")
-    scheme, sep, rest = base.partition("://")
-    secrets: list[str] = []
-    if sep:
-        authority, slash, path = rest.partition("/")
-        userinfo, at, host = authority.rpartition("@")
-        if at:
-            user, colon, password = userinfo.partition(":")
-            if colon and password:
-                secrets += [password, unquote(password)]
-                userinfo = f"{user}:***"
-            authority = f"{userinfo}@{host}"
-        base = f"{scheme}://{authority}{slash}{path}"
-    if mark:
-        pairs = []
-        for pair in query.split("&"):
-            name, equals, value = pair.partition("=")
-            if name.lower() == "password" and value:
-                secrets += [value, unquote_plus(value)]
-                value = "***"
-            pairs.append(f"{name}{equals}{value}")
-        base = f"{base}?{'&'.join(pairs)}"
-    return base, secrets
-
-
 class RedisStorage(Storage):
     """Snapshots and the outbox in Redis; see the module docstring for the key layout."""
 
@@ -445,7 +419,7 @@ class RedisStorage(Storage):
         value goes to redis-py (``socket_timeout=5``, ``max_connections=20``, ...). Nothing
         connects until the first operation.
         """
-        display, secrets = _redact(uri)
+        display, secrets = redact_uri(uri)
         base, _, query = uri.partition("?")
         prefix = "neuroon"
         passed: list[tuple[str, str]] = []

@@ -51,6 +51,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ..errors import StorageError
 from .base import DEAD, PENDING, SENT, OutboxRow, OutboxStats, Storage
 from .serialization import dumps_clicks, loads_clicks
+from .uri import display_uri
 
 #: The tables, for a shop's own migrations.
 metadata = MetaData()
@@ -153,7 +154,7 @@ def _row(values: Any) -> OutboxRow:
 class SQLAlchemyStorage(Storage):
     def __init__(self, engine: Engine, *, create_tables: bool = True, owns_engine: bool = False):
         self.engine = engine
-        self.display_uri = engine.url.render_as_string(hide_password=True)
+        self.display_uri = display_uri(engine.url.render_as_string(hide_password=True))
         self.remote = engine.dialect.name != "sqlite"
         self._create_tables = create_tables
         self._owns_engine = owns_engine
