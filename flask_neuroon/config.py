@@ -200,7 +200,7 @@ def _schedule(value: Any) -> tuple[float, ...]:
     return delays
 
 
-def _snapshots(value: Any, has_secret_key: bool) -> str:
+def _snapshots(value: Any, config: Mapping[str, Any]) -> str:
     key = "NEUROON_SNAPSHOTS"
     if value is None or value == "":
         # Opt-in: the mirror rides on every request for the snapshot TTL, which a shop
@@ -209,9 +209,34 @@ def _snapshots(value: Any, has_secret_key: bool) -> str:
     mode = str(value).strip().lower()
     if mode not in SNAPSHOT_MODES:
         raise ConfigurationError(key, f"must be one of {', '.join(SNAPSHOT_MODES)}, not {value!r}")
-    if mode != "storage" and not has_secret_key:
-        raise ConfigurationError(key, f"{mode!r} signs a cookie: it needs the app's SECRET_KEY")
+    if mode != "storage":
+        if not config.get("SECRET_KEY"):
+            raise ConfigurationError(key, f"{mode!r} signs a cookie: it needs the app's SECRET_KEY")
+        _signing_keys(config)
     return mode
+
+
+def _signing_keys(config: Mapping[str, Any]) -> None:
+    """SECRET_KEY and SECRET_KEY_FALLBACKS as the mirror cookie signs with them: text or
+    bytes, and the fallbacks a list (a string would be read as one key per character)."""
+    secret = config.get("SECRET_KEY")
+    if not isinstance(secret, (str, bytes)):
+        raise ConfigurationError(
+            "SECRET_KEY",
+            f"signs the mirror cookie (NEUROON_SNAPSHOTS): it must be text, not a"
+            f" {type(secret).__name__} (FLASK_SECRET_KEY=12345 is read as a number: quote it)",
+        )
+    fallbacks = config.get("SECRET_KEY_FALLBACKS")
+    if fallbacks is None:
+        return
+    if isinstance(fallbacks, (str, bytes)) or not isinstance(fallbacks, (list, tuple)):
+        raise ConfigurationError(
+            "SECRET_KEY_FALLBACKS",
+            f"must be a list of old keys, not a {type(fallbacks).__name__}"
+            " (FLASK_SECRET_KEY_FALLBACKS='[\"old key\"]')",
+        )
+    if not all(isinstance(old, (str, bytes)) and old for old in fallbacks):
+        raise ConfigurationError("SECRET_KEY_FALLBACKS", "each old key must be non-empty text")
 
 
 def _claim_lease(timeout: tuple[float, float], value: Any) -> float | None:
@@ -415,7 +440,8 @@ class Settings:
                 " with it?",
             )
         origin_raw = config.get("NEUROON_ORIGIN")
-        origin = None if origin_raw in (None, "") else _origin(origin_raw)
+        blank = origin_raw is None or (isinstance(origin_raw, str) and not origin_raw.strip())
+        origin = None if blank else _origin(origin_raw)  # blank: missing, like the others
 
         missing = [
             name
@@ -446,7 +472,7 @@ class Settings:
             )
 
         timeout = _timeout(get("NEUROON_TIMEOUT"))
-        snapshots = _snapshots(config.get("NEUROON_SNAPSHOTS"), bool(config.get("SECRET_KEY")))
+        snapshots = _snapshots(config.get("NEUROON_SNAPSHOTS"), config)
         mirror_name = get("NEUROON_MIRROR_COOKIE_NAME")
         if not isinstance(mirror_name, str) or not _COOKIE_NAME.match(mirror_name):
             raise ConfigurationError(
@@ -460,9 +486,7 @@ class Settings:
             enabled=_bool("NEUROON_ENABLED", get("NEUROON_ENABLED")),
             cookie_name=cookie_name,
             storage_uri=storage_uri.strip(),
-            snapshot_ttl=_number(
-                "NEUROON_SNAPSHOT_TTL", get("NEUROON_SNAPSHOT_TTL"), minimum=0, allow_equal=False
-            ),
+            snapshot_ttl=_number("NEUROON_SNAPSHOT_TTL", get("NEUROON_SNAPSHOT_TTL"), minimum=1),
             outbox=_bool("NEUROON_OUTBOX", get("NEUROON_OUTBOX")),
             max_workers=_integer("NEUROON_MAX_WORKERS", get("NEUROON_MAX_WORKERS"), minimum=1),
             max_pending=_integer("NEUROON_MAX_PENDING", get("NEUROON_MAX_PENDING"), minimum=1),

@@ -740,7 +740,17 @@ class Neuroon:
                 )
                 if response.status_code < 400:
                     try:
-                        action(Neuroon._resolve_order_id(order_id, kwargs))
+                        key = Neuroon._resolve_order_id(order_id, kwargs)
+                        if key is None:
+                            logger.warning(
+                                "flask-neuroon: %s: no order id in this request (%s)",
+                                failure,
+                                f"{order_id!r} returned None"
+                                if callable(order_id)
+                                else f"no view argument, form or query field {order_id!r}",
+                            )
+                        else:
+                            action(key)
                     except Exception:
                         logger.exception("flask-neuroon: %s failed", failure)
                 return response
@@ -771,7 +781,7 @@ class Neuroon:
         _check_signature(load_order, "load_order", "load_order(order_id) -> the order or None", 1)
 
         def track(key: Any) -> None:
-            order = load_order(key) if key is not None else None
+            order = load_order(key)
             if order is None:
                 logger.warning("flask-neuroon: no order %r to track", key)
             else:

@@ -58,7 +58,15 @@ class MirrorCodec:
         return None
 
     def loads(self, value: str, order_id: str, max_age: float) -> dict[str, str]:
-        """The clicks of a mirror for ``order_id`` signed within ``max_age`` seconds."""
+        """The clicks of a mirror for ``order_id`` signed within ``max_age`` seconds; {}
+        for anything else, with a log line. Never raises."""
+        try:
+            return self._loads(value, order_id, max_age)
+        except Exception:  # a bug of ours must not cost the order its tracking
+            logger.exception("flask-neuroon: reading the mirror cookie of order %s", order_id)
+            return {}
+
+    def _loads(self, value: str, order_id: str, max_age: float) -> dict[str, str]:
         try:
             data: Any = self._serializer.loads(value, max_age=int(max_age))
         except SignatureExpired:

@@ -100,7 +100,8 @@ def test_values_from_prefixed_env_strings_are_understood(monkeypatch: pytest.Mon
         ("NEUROON_CLAIM_LEASE", 1e9, "must be <= 86400"),
         ("NEUROON_MAX_PENDING", 2.5, "whole number"),
         ("NEUROON_MAX_ATTEMPTS", "many", "must be a number"),
-        ("NEUROON_SNAPSHOT_TTL", 0, "must be > 0"),
+        ("NEUROON_SNAPSHOT_TTL", 0, "must be >= 1"),
+        ("NEUROON_SNAPSHOT_TTL", 0.9, "must be >= 1"),  # a mirror cookie of Max-Age=0
         ("NEUROON_FLUSH_INTERVAL", float("nan"), "finite"),
         ("NEUROON_SHUTDOWN_TIMEOUT", -0.1, "must be >= 0"),
         ("NEUROON_ENABLED", "maybe", "true or false"),
@@ -116,6 +117,31 @@ def test_malformed_values_raise_a_configuration_error_naming_the_key(key, value,
     assert caught.value.key == key
     assert str(caught.value).startswith(f"{key}: ")
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("secrets", "key", "words"),
+    [
+        ({"SECRET_KEY": 12345}, "SECRET_KEY", "must be text, not a int"),
+        ({"SECRET_KEY": "k", "SECRET_KEY_FALLBACKS": "oldkey"}, "SECRET_KEY_FALLBACKS", "a list"),
+        ({"SECRET_KEY": "k", "SECRET_KEY_FALLBACKS": [""]}, "SECRET_KEY_FALLBACKS", "non-empty"),
+        ({"SECRET_KEY": "k", "SECRET_KEY_FALLBACKS": [7]}, "SECRET_KEY_FALLBACKS", "non-empty"),
+    ],
+)
+def test_the_keys_that_sign_the_mirror_cookie_are_checked(secrets, key, words):
+    # A string of fallbacks was read as one signing key per character: a mirror signed
+    # with the key "o" was accepted. A number as SECRET_KEY (FLASK_SECRET_KEY=12345) broke
+    # every tracked order that carried a mirror.
+    with pytest.raises(ConfigurationError) as caught:
+        settings(NEUROON_SNAPSHOTS="both", **secrets)
+    assert caught.value.key == key and words in str(caught.value)
+    assert settings(NEUROON_SNAPSHOTS="storage", **secrets).snapshots == "storage"
+
+
+@pytest.mark.parametrize("blank", ["", "   ", None])
+def test_a_blank_origin_is_missing_like_a_blank_shop_id_or_key(blank):
+    s = settings(NEUROON_ORIGIN=blank)
+    assert s.active is False and s.disabled_reason == "NEUROON_ORIGIN not set: tracking is disabled"
 
 
 @pytest.mark.parametrize(

@@ -446,3 +446,14 @@ def test_a_mirror_set_over_plain_http_to_a_real_host_warns_once(api, make_app, c
     with secure_app.test_request_context(base_url="http://127.0.0.1:5000", headers=cookie):
         assert secure_neuroon.persist_before_gateway("H-4") == 1
     assert "browsers drop it" not in caplog.text
+
+
+def test_a_mirror_that_cannot_be_read_is_ignored_never_raised():
+    # Whatever goes wrong reading a mirror (here a signing key of the wrong type, which
+    # init_app now refuses), the order must still be tracked: the codec answers {}.
+    from flask_neuroon.mirror import MirrorCodec
+
+    good = MirrorCodec(["right key"], "m").dumps("O-1", {"SKU": "log"})
+    assert good is not None
+    broken = MirrorCodec([12345], "m")  # type: ignore[list-item]
+    assert broken.loads(good, "O-1", 60) == {}

@@ -114,6 +114,33 @@ def test_error_response_of_the_view_tracks_nothing(api, make_app):
     assert api.requests == []
 
 
+def test_a_gateway_route_whose_order_id_cannot_be_found_says_so(api, make_app, caplog):
+    # The route names its argument "oid", the decorator looks for the default "order_id":
+    # nothing can be snapshotted, and the shop must hear why.
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+
+    @app.post("/orders/<oid>/pay")
+    @neuroon.before_gateway()
+    def pay(oid: str) -> tuple[str, int]:
+        return "", 302
+
+    @app.post("/orders/<oid>/back")
+    @neuroon.on_order_confirmed(load_order=lambda key: None, order_id=lambda: None)
+    def back(oid: str) -> str:
+        return "thanks"
+
+    shopper = app.test_client()
+    set_clicks(shopper, {"SKU-RED": "r"})
+    assert shopper.post("/orders/O-9/pay").status_code == 302
+    assert shopper.post("/orders/O-9/back").status_code == 200
+    assert (
+        "persisting clicks before the gateway: no order id in this request (no view argument,"
+        " form or query field 'order_id')"
+    ) in caplog.text
+    assert "tracking the confirmed order: no order id in this request (<function" in caplog.text
+    assert "returned None)" in caplog.text
+
+
 def test_unknown_order_in_the_confirm_view_is_logged_and_the_page_still_renders(
     api, make_app, caplog
 ):
@@ -252,10 +279,10 @@ def test_empty_click_map_stores_nothing(api, make_app):
 
 
 def test_expired_snapshot_is_not_used(api, make_app):
-    app, neuroon = make_app(api, NEUROON_SNAPSHOT_TTL=0.2)
+    app, neuroon = make_app(api, NEUROON_SNAPSHOT_TTL=1)
     with app.test_request_context(headers={"Cookie": "neuroon_clicks=%7B%22a%22%3A%221%22%7D"}):
         assert neuroon.persist_before_gateway("T-1") == 1
-    time.sleep(0.3)
+    time.sleep(1.1)
     with app.test_request_context():
         assert neuroon.clicks_for("T-1") == {}
 
