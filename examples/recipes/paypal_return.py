@@ -36,7 +36,7 @@ from flask.typing import ResponseReturnValue
 
 from flask_neuroon import Neuroon
 
-from .shop import OrderStore, ShopOrder, lines_from_form
+from .shop import OrderStore, ShopOrder, order_created
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +195,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 @bp.post("/orders")
 def create_order() -> ResponseReturnValue:
-    try:
-        order = state().orders.create(lines_from_form(request.form))
-    except ValueError as exc:
-        abort(400, str(exc))
-    return {"id": order.id, "total": str(order.total), "currency": order.currency}, 201
+    return order_created(state().orders, request.form)
 
 
 @bp.post("/orders/<order_id>/paypal")

@@ -43,7 +43,13 @@ from markupsafe import Markup
 
 from flask_neuroon import Neuroon
 
-from .shop import OrderStore, ShopOrder, from_minor_units, lines_from_form, minor_units
+from .shop import (
+    OrderStore,
+    ShopOrder,
+    from_minor_units,
+    minor_units,
+    order_created,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -233,11 +239,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 @bp.post("/orders")
 def create_order() -> ResponseReturnValue:
-    try:
-        order = state().orders.create(lines_from_form(request.form))
-    except ValueError as exc:
-        abort(400, str(exc))
-    return {"id": order.id, "total": str(order.total), "currency": order.currency}, 201
+    return order_created(state().orders, request.form)
 
 
 def payment_request(order: ShopOrder) -> dict[str, str]:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from flask import abort
+
 CURRENCY = "EUR"
 AWAITING_PAYMENT = "awaiting_payment"
 PAID = "paid"
@@ -135,6 +137,15 @@ def lines_from_form(form: Mapping[str, str]) -> list[OrderLine]:
     return lines
 
 
+def order_created(store: OrderStore, form: Mapping[str, str]) -> tuple[dict[str, str], int]:
+    """``POST /orders`` of every recipe: the cart form as a new order (400 for a bad cart)."""
+    try:
+        order = store.create(lines_from_form(form))
+    except ValueError as exc:
+        abort(400, str(exc))
+    return {"id": order.id, "total": str(order.total), "currency": order.currency}, 201
+
+
 def minor_units(amount: Decimal, exponent: int = 2) -> int:
     """``Decimal("64.97")`` -> ``6497``: gateways count cents. Raises on a fraction of one."""
     scaled = amount.scaleb(exponent)
@@ -159,4 +170,5 @@ __all__ = [
     "from_minor_units",
     "lines_from_form",
     "minor_units",
+    "order_created",
 ]

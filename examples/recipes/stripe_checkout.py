@@ -34,7 +34,7 @@ from flask.typing import ResponseReturnValue
 
 from flask_neuroon import Neuroon
 
-from .shop import OrderStore, ShopOrder, lines_from_form, minor_units
+from .shop import OrderStore, ShopOrder, minor_units, order_created
 
 logger = logging.getLogger(__name__)
 
@@ -242,11 +242,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 @bp.post("/orders")
 def create_order() -> ResponseReturnValue:
-    try:
-        order = state().orders.create(lines_from_form(request.form))
-    except ValueError as exc:
-        abort(400, str(exc))
-    return {"id": order.id, "total": str(order.total), "currency": order.currency}, 201
+    return order_created(state().orders, request.form)
 
 
 def clicks_of(order: ShopOrder) -> dict[str, str]:

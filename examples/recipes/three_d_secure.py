@@ -44,7 +44,7 @@ from markupsafe import Markup, escape
 
 from flask_neuroon import Neuroon
 
-from .shop import OrderStore, ShopOrder, lines_from_form, minor_units
+from .shop import OrderStore, ShopOrder, minor_units, order_created
 
 logger = logging.getLogger(__name__)
 
@@ -193,11 +193,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 @bp.post("/orders")
 def create_order() -> ResponseReturnValue:
-    try:
-        order = state().orders.create(lines_from_form(request.form))
-    except ValueError as exc:
-        abort(400, str(exc))
-    return {"id": order.id, "total": str(order.total), "currency": order.currency}, 201
+    return order_created(state().orders, request.form)
 
 
 def session_data(order_id: str) -> str:
