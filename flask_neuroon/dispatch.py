@@ -172,6 +172,10 @@ class Dispatcher:
     def start(self) -> None:
         """Make sure this process's workers run (no-op when there are none)."""
 
+    def running(self) -> bool:
+        """Whether this process's workers run (always, when there are none to start)."""
+        return True
+
     def submit_id(self, order_id: str, wait_for_row: float = 0.0) -> bool:
         """Deliver outbox row ``order_id`` soon. ``wait_for_row``: the row is being committed
         by another connection right now; allow it that many seconds to become visible."""
@@ -318,6 +322,13 @@ class ThreadDispatcher(Dispatcher):
             if not self._atexit_registered:
                 atexit.register(self._at_exit)
                 self._atexit_registered = True
+
+    def running(self) -> bool:
+        return (
+            self._pid == os.getpid()
+            and len(self._threads) == self.workers
+            and (self._sweeper is not None or not self.flush_interval)
+        )
 
     def _start_threads(self) -> None:
         while len(self._threads) < self.workers:

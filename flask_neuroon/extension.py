@@ -212,8 +212,32 @@ class _State:
             self._warned.add(topic)
             logger.warning(message, *args)
 
+    # --- starting each process's senders ------------------------------------------------
+
+    def install_starter(self) -> None:
+        """Start this worker process's sender threads and sweeper with its first request:
+        after any fork, never at import. The hook takes itself out once they run, so the
+        shop's other requests pay nothing for it; a fork puts it back in the child."""
+        settings, app = self.settings, self._app()
+        if app is None or not (settings.active and settings.dispatch == "thread"):
+            return
+        if not settings.flush_interval:
+            return  # the senders start with the first conversion; nothing sweeps
+        hooks = app.before_request_funcs.setdefault(None, [])
+        if self._start_senders not in hooks:
+            hooks.append(self._start_senders)
+
+    def _start_senders(self) -> None:
+        self.dispatcher.start()  # never raises (see ThreadDispatcher)
+        app = self._app()
+        if app is not None and self.dispatcher.running():
+            # A new list, not a change to the one Flask may be iterating right now.
+            hooks = app.before_request_funcs.get(None, [])
+            app.before_request_funcs[None] = [hook for hook in hooks if hook != self._start_senders]
+
     def _after_fork(self) -> None:
         self._recent_lock = threading.Lock()
+        self.install_starter()
 
 
 def _check_signature(function: Any, name: str, expected: str, arguments: int = 0) -> None:
@@ -229,6 +253,33 @@ def _check_signature(function: Any, name: str, expected: str, arguments: int = 0
         signature.bind(*([None] * arguments))
     except TypeError as exc:
         raise TypeError(f"{name} must be {expected}; {function!r} cannot be: {exc}") from None
+
+
+_cv_request: Any
+try:  # Flask 2.3 to 3.1 keep the request context here
+    from flask.globals import _cv_request
+except ImportError:  # pragma: no cover - a Flask that keeps it elsewhere
+    _cv_request = None
+
+
+def _current_request() -> tuple[Flask, Any] | None:
+    """(app, WSGI environ) of the request being handled, or None outside one.
+
+    Read straight from Flask's context variable where it has one: the ``current_app``
+    and ``request`` proxies cost several times as much, on every page that reads the
+    clicks. Anything unexpected there and it asks the proxies instead.
+    """
+    if _cv_request is not None:
+        context = _cv_request.get(None)
+        if context is None:
+            return None
+        app = getattr(context, "app", None)
+        wsgi_request = getattr(context, "request", None)
+        if app is not None and wsgi_request is not None:
+            return app, wsgi_request.environ
+    if not has_request_context():
+        return None
+    return current_app._get_current_object(), request.environ  # type: ignore[attr-defined]
 
 
 def _discard(delivery: Delivery) -> None:
@@ -309,9 +360,7 @@ class Neuroon:
         )
         if settings.enabled and settings.disabled_reason:
             logger.warning("flask-neuroon (%s): %s", app.name, settings.disabled_reason)
-        if settings.active and settings.dispatch == "thread" and settings.flush_interval:
-            # Start this worker process's sweeper with its first request: after any fork.
-            app.before_request(state.dispatcher.start)  # never raises (see ThreadDispatcher)
+        state.install_starter()
 
     # --- state -----------------------------------------------------------------------
 
@@ -339,12 +388,14 @@ class Neuroon:
     @property
     def clicks(self) -> Mapping[str, str]:
         """This request's click map ``{productId: searchLogId}``; empty outside a request."""
-        if not has_request_context():
+        found = _current_request()
+        if found is None:
             return _EMPTY
-        state = current_app.extensions.get("neuroon")
+        app, environ = found
+        state = app.extensions.get("neuroon")
         if state is None:
             return _EMPTY
-        return clicks_from_environ(request.environ, cookie_name=state.settings.cookie_name)
+        return clicks_from_environ(environ, cookie_name=state.settings.cookie_name)
 
     def persist_before_gateway(self, order_id: Any) -> int:
         """Snapshot this request's click map for ``order_id``; return the entries kept.

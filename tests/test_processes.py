@@ -126,6 +126,7 @@ def test_gunicorn_preload_two_workers_deliver_from_both(api: FakeNeuroonAPI, tmp
         assert api.wait_for(len(order_ids), timeout=20)
         names = requests.get(f"{base}/threads", timeout=5).json()["names"]
         assert any(name.startswith("neuroon-sender") for name in names)
+        assert "neuroon-sweeper" in names  # started by the worker's first request
     finally:
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=20)[0].decode(errors="replace")

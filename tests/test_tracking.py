@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from decimal import Decimal
 
 import pytest
+from flask import Flask
 
 from flask_neuroon import Delivery, Neuroon
 from flask_neuroon.client import USER_AGENT
@@ -353,11 +354,23 @@ def test_an_extension_object_serves_several_apps(api, make_app):
     assert not hasattr(neuroon, "app")
 
 
-def test_clicks_outside_a_request_are_empty(make_app):
+@pytest.mark.parametrize("flask_context", ["context variable", "proxies"])
+def test_clicks_outside_a_request_are_empty_and_inside_one_are_its_own(
+    make_app, monkeypatch, flask_context
+):
+    from flask_neuroon import extension
+
+    if flask_context == "proxies":  # a Flask without the context variable read first
+        monkeypatch.setattr(extension, "_cv_request", None)
     app, neuroon = make_app(None)
+    other = Flask("no_neuroon_here")
     assert neuroon.clicks == {}
     with app.app_context():
         assert neuroon.clicks == {}
+    with app.test_request_context(headers={"Cookie": "neuroon_clicks=%7B%22a%22%3A%221%22%7D"}):
+        assert neuroon.clicks == {"a": "1"}
+    with other.test_request_context(headers={"Cookie": "neuroon_clicks=%7B%22a%22%3A%221%22%7D"}):
+        assert neuroon.clicks == {}  # an app without the extension
 
 
 def test_uninitialised_app_gives_a_clear_error():
@@ -547,3 +560,30 @@ def test_an_order_id_that_cannot_be_sent_is_invalid_and_queues_nothing(
         assert neuroon.flush(2) == 0
         assert app.extensions["neuroon"].outbox.stats().pending == 0
     assert api.requests == []
+
+
+def test_the_sender_starter_leaves_the_shops_requests_once_it_has_run(api, make_app):
+    # A hook on every request costs every page a few microseconds; once this process's
+    # senders and sweeper run it has nothing left to do, so it takes itself out.
+    import os
+    import threading
+
+    app, _neuroon = make_app(api, NEUROON_DISPATCH="thread", NEUROON_FLUSH_INTERVAL=60)
+    seen: list[str] = []
+    app.before_request(lambda: seen.append("shop hook"))
+    app.add_url_rule("/", "home", lambda: "home")
+    state = app.extensions["neuroon"]
+    assert state._start_senders in app.before_request_funcs[None]
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    assert client.get("/").status_code == 200
+    names = {thread.name for thread in threading.enumerate()}
+    assert {"neuroon-sender-0", "neuroon-sweeper"} <= names
+    assert state._start_senders not in app.before_request_funcs[None]
+    assert seen == ["shop hook", "shop hook"]  # the shop's own hook still runs every time
+    # A child forked from this process has none of its threads: the hook is back there.
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        os._exit(0 if state._start_senders in app.before_request_funcs[None] else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.WEXITSTATUS(status) == 0
