@@ -112,7 +112,6 @@ _seen: set[int] = set()
 _LOOKS_ENCODED = re.compile(rb"(?:\{[ \t\r\n]*)?%")
 # Cookie-string escapes, left to right: \ooo (a byte) or \ followed by any byte.
 _COOKIE_ESCAPE = re.compile(rb"\\([0-3][0-7]{2}|.)", re.DOTALL)
-_PERCENT_TO_EQUALS = bytes.maketrans(b"%", b"=")
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 
 # The C decoder. Objects become lists of (key, value) pairs so that duplicate keys are
@@ -426,7 +425,9 @@ def _percent_decode(data: bytes) -> bytes:
         and b"\n" not in data
         and data.find(b"%", len(data) - 2) < 0  # "%%" cut to "%": QP would drop it
     ):
-        decoded = binascii.a2b_qp(data.translate(_PERCENT_TO_EQUALS))
+        # replace(), not translate(): it jumps from one "%" to the next (memchr) where
+        # translate looks at every byte through a table, several times the work.
+        decoded = binascii.a2b_qp(data.replace(b"%", b"="))
         if b"=" not in decoded or len(data) - len(decoded) == 2 * data.count(b"%"):
             return decoded
     return unquote_to_bytes(data)

@@ -253,9 +253,20 @@ class _Drain:
         self.deadline = deadline
 
 
+class _Stop:
+    """Wakes a sender thread waiting for work, to end it (close)."""
+
+
+_STOP = _Stop()
+
 #: An outbox order id, (order id, body) to send directly, a row still being committed,
-#: or a drain of the due rows (flush).
-_Job = Union[str, tuple[str, str], _AwaitRow, _Drain]
+#: a drain of the due rows (flush), or the end.
+_Work = Union[str, tuple[str, str], _AwaitRow, _Drain]
+_Job = Union[_Work, _Stop]
+#: How long an idle sender waits for work before looking at the stop flag again. Long:
+#: close() wakes it with _STOP, and every wake-up of an idle thread takes the GIL from
+#: the shop's requests for nothing.
+_IDLE_WAIT = 30.0
 
 
 class ThreadDispatcher(Dispatcher):
@@ -367,6 +378,11 @@ class ThreadDispatcher(Dispatcher):
                 )
         self._stopping.set()
         self._wake.set()
+        for _ in self._threads:  # wake the idle ones; busy ones see the flag between jobs
+            try:
+                self._queue.put_nowait(_STOP)
+            except queue.Full:
+                break
         # Let the senders finish the statement or request they are in before the storage
         # closes under them (bounded: a send may wait for its read timeout).
         deadline = time.monotonic() + _JOIN_SECONDS
@@ -440,9 +456,12 @@ class ThreadDispatcher(Dispatcher):
     def _work(self) -> None:
         while not self._stopping.is_set():
             try:
-                job = self._queue.get(timeout=0.5)
+                job = self._queue.get(timeout=_IDLE_WAIT)
             except queue.Empty:
                 continue
+            if isinstance(job, _Stop):
+                self._queue.task_done()
+                return
             try:
                 if isinstance(job, str):
                     with self._lock:
@@ -456,7 +475,7 @@ class ThreadDispatcher(Dispatcher):
                 self._backlog = False
                 self._pull_due(time.monotonic() + _DRAIN_SECONDS)
 
-    def _handle(self, job: _Job) -> None:
+    def _handle(self, job: _Work) -> None:
         """Run one job in a sender thread (a subclass may hand it on instead)."""
         if isinstance(job, str):
             self.courier.deliver_id(job)

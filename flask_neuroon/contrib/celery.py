@@ -28,7 +28,7 @@ from typing import Any
 from celery import Celery
 from flask import Flask, current_app, has_app_context
 
-from ..dispatch import Courier, SyncDispatcher, ThreadDispatcher, _AwaitRow, _Job
+from ..dispatch import Courier, SyncDispatcher, ThreadDispatcher, _AwaitRow, _Work
 
 logger = logging.getLogger("flask_neuroon")
 
@@ -101,7 +101,7 @@ class CeleryDispatcher(ThreadDispatcher):
             celery_app = app_config.get("NEUROON_CELERY_APP")
         return celery_app
 
-    def _handle(self, job: _Job) -> None:
+    def _handle(self, job: _Work) -> None:
         if isinstance(job, tuple) and not isinstance(job, _AwaitRow):
             self.courier.deliver_direct(*job)  # storage was down: no row for a worker to claim
             return
