@@ -1,7 +1,8 @@
 """``python -m benchmarks [NAME ...] [--long]``: run the benchmarks, print a table, write JSON.
 
-Names (or numbers): 1 overhead, 2 confirm, 3 throughput, 4 outage, 5 flushers. With no
-name, all of them run in that order. Figures go to ``benchmarks/results/latest.json``
+Names (or numbers): 1 overhead, 2 confirm, 3 throughput, 4 outage, 5 flushers,
+6 instructions. With no name, all of them run in that order. Figures go to
+``benchmarks/results/latest.json``
 (``--json PATH`` elsewhere); a run of some benchmarks replaces only their entries there.
 """
 
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "throughput": "benchmarks.bench_throughput",
     "outage": "benchmarks.bench_outage",
     "flushers": "benchmarks.bench_flushers",
+    "instructions": "benchmarks.bench_instructions",
 }
 NUMBERS = {str(i): name for i, name in enumerate(BENCHMARKS, start=1)}
 
