@@ -670,3 +670,21 @@ def test_reclosing_a_cut_object_finds_what_the_entry_walker_finds(clicks, spaced
         if error is not None:
             reclosed = cookies._reclose(prefix, error)
             assert reclosed is None or reclosed == cookies._walk(prefix), prefix
+
+
+def test_kept_parses_never_confuse_two_cookies_alike_at_both_ends():
+    # The memory of recent cookies finds an entry by the value's two ends: two shoppers'
+    # cookies that differ only in the middle must each get their own clicks, every time.
+    head = {f"SKU-HEAD-{n}": f"log-head-{n}" for n in range(4)}
+    tail = {f"SKU-TAIL-{n}": f"log-tail-{n}" for n in range(4)}
+    one = {**head, "SKU-MIDDLE": "log-one", **tail}
+    two = {**head, "SKU-MIDDLE": "log-two", **tail}
+    first, second = widget_value(one), widget_value(two)
+    assert len(first) == len(second) and first[:100] == second[:100]
+    assert first[-100:] == second[-100:] and first != second
+    for _ in range(3):  # seen, then kept, then found
+        assert parse_click_value(first) == one
+        assert parse_click_value(second) == two
+    kept = parse_click_value(first)
+    kept["SKU-MIDDLE"] = "changed by the caller"
+    assert parse_click_value(first) == one  # every hit is a copy of its own
