@@ -589,3 +589,81 @@ def test_a_stop_signal_ends_the_wait_at_once_and_the_old_handler_comes_back():
     assert waited < 5.0, waited
     assert signal.getsignal(signal.SIGALRM) is before
     assert StopRequest().wait(0.01) is False  # no signal: the wait times out
+
+
+def test_storage_that_keeps_failing_is_tried_once_a_second_not_on_every_call(
+    api, make_app, tmp_path
+):
+    # Storage down with quick failures (here a file where its directory should be; on a
+    # server, connection refused): each failure is cheap, but a checkout makes several
+    # storage calls and every page pays them for as long as the outage lasts. After one
+    # failure the request threads skip storage for a second.
+    from flask_neuroon.signals import storage_failed
+
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where a directory should be")
+    app, neuroon = make_app(
+        api, NEUROON_DISPATCH="thread", NEUROON_STORAGE_URI=f"sqlite:///{blocker}/db.sqlite3"
+    )
+    add_checkout_routes(app, neuroon)
+    errors: list[str] = []
+
+    def failed(sender: object, operation: str, error: Exception) -> None:
+        errors.append(str(error))
+
+    storage_failed.connect(failed, app)
+    try:
+        started = time.monotonic()
+        for number in range(5):
+            make_order(f"DOWN-{number}")
+            shopper = app.test_client()
+            set_clicks(shopper, {"SKU-RED": "r"})
+            assert shopper.post(f"/checkout/DOWN-{number}/pay").status_code == 302
+            assert (
+                shopper.post("/payment/return", data={"order": f"DOWN-{number}"}).status_code == 200
+            )
+        elapsed = time.monotonic() - started
+        assert api.wait_for(5, timeout=10)
+    finally:
+        storage_failed.disconnect(failed, app)
+    tried = [error for error in errors if "failed a moment ago" not in error]
+    assert len(errors) >= 5 * 3  # every checkout's snapshot, look-up and queueing
+    assert len(tried) <= 1 + int(elapsed)  # really tried at most once a second
+    assert sorted(api.delivered_order_ids()) == [f"DOWN-{n}" for n in range(5)]
+
+
+def test_a_locked_sqlite_file_costs_one_wait_not_one_per_checkout(api, make_app, tmp_path):
+    # Another program holds the file (a backup, a long transaction): the first storage call
+    # waits its 2 s and fails; the checkouts after it skip storage instead of waiting 2 s
+    # per call. Once the file is free, the sender threads queue the orders as usual.
+    import sqlite3
+
+    app, neuroon = make_app(api, NEUROON_DISPATCH="thread")
+    add_checkout_routes(app, neuroon)
+    with app.app_context():  # create the file and its tables
+        neuroon.track_conversion(make_order("LOCKED-0"), clicks={}).wait(5)
+    blocker = sqlite3.connect(tmp_path / "neuroon.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    timings = []
+    try:
+        for number in range(1, 4):
+            make_order(f"LOCKED-{number}")
+            shopper = app.test_client()
+            set_clicks(shopper, {"SKU-RED": "r"})
+            started = time.monotonic()
+            assert shopper.post(f"/checkout/LOCKED-{number}/pay").status_code == 302
+            returned = shopper.post("/payment/return", data={"order": f"LOCKED-{number}"})
+            assert returned.status_code == 200
+            timings.append(time.monotonic() - started)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert 1.5 < timings[0] < 3.0, timings  # one wait of 2 s
+    assert max(timings[1:]) < 0.5, timings  # then no more waiting
+    assert api.wait_for(4, timeout=40)
+    with app.app_context():
+        assert neuroon.flush(10) == 0
+    assert sorted(api.delivered_order_ids()) == [f"LOCKED-{n}" for n in range(4)]
+    state = app.extensions["neuroon"]
+    rows = {n: state.storage.get(f"LOCKED-{n}") for n in range(4)}
+    assert all(row is not None and row.state == "sent" for row in rows.values()), rows  # queued

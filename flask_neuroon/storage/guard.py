@@ -1,24 +1,28 @@
-"""Bounded waits for a shop's request on storage that can hang (a database server, Redis).
+"""Bounded waits for a shop's request on storage that is down, locked or hung.
 
 A driver's own timeouts do not cover every way a server can hang: psycopg has no read
 timeout, PyMySQL waits for a greeting that never comes, a frozen proxy keeps a TCP
 connection open and silent. A checkout must never wait on any of that, so
 :class:`RequestGuard` runs a storage call of a request thread in one of a few worker
-threads of its own and waits for it at most ``timeout`` seconds; after a call that timed
-out (or failed slowly) it stops waiting on storage at all for ``cooldown`` seconds,
-raising :class:`~flask_neuroon.errors.StorageError` at once, so that a request making
-several storage calls pays one timeout, not one each. The extension then falls back as
-for any storage failure (the conversion is sent directly).
+threads of its own and waits for it at most ``timeout`` seconds. After a failure, request
+threads stop trying storage for a while and get a
+:class:`~flask_neuroon.errors.StorageError` at once, so that a checkout making several
+storage calls pays for one failure, not one each, and the shop's pages do not pay for
+every call of every request for as long as an outage lasts: ``cooldown`` seconds after
+a slow failure (a timeout, a SQLite file locked by another program), ``short_cooldown``
+after a quick one (connection refused). The extension then falls back as for any storage
+failure (a sender thread queues the conversion, else sends it directly).
 
 A call that was abandoned may still finish later, or not at all; one still queued when
 its caller gave up is never run. Every operation it guards is one the outbox tolerates
 running late (a row added twice is refused by its primary key; a late snapshot expires).
 
 Calls from flask-neuroon's own background threads are not guarded (they may wait)
-unless they ask for a bound (``background_wait``), nor are calls for backends that cannot
-hang this way (``offload=False``: SQLite, memory).
-The worker threads are daemons, started lazily in the process that uses them, and
-never survive a fork.
+unless they ask for a bound (``background_wait``); they are made even while request
+threads rest. Backends that cannot hang this way (``offload=False``: SQLite, memory) run
+in the calling thread, bounded by their own timeouts, but rest the same way. The worker
+threads are daemons, started lazily in the process that uses them, and never survive a
+fork.
 """
 
 from __future__ import annotations
@@ -55,11 +59,18 @@ class _Call:
 
 class RequestGuard:
     def __init__(
-        self, name: str, *, timeout: float = 2.0, cooldown: float = 10.0, offload: bool = True
+        self,
+        name: str,
+        *,
+        timeout: float = 2.0,
+        cooldown: float = 10.0,
+        short_cooldown: float = 1.0,
+        offload: bool = True,
     ) -> None:
         self.name = name
         self.timeout = timeout
         self.cooldown = cooldown
+        self.short_cooldown = short_cooldown
         self.offload = offload
         self._init_process_state()
 
@@ -69,6 +80,7 @@ class RequestGuard:
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._resting_until = 0.0
+        self._last_failure = ""
 
     def _after_fork(self) -> None:
         self._init_process_state()
@@ -80,26 +92,30 @@ class RequestGuard:
 
         In flask-neuroon's own threads the call runs as it is, unless ``background_wait``
         bounds it too (seconds): a sender that must not wait forever for a hung server.
+        Those calls are made even while request threads rest (a sender may wait), and
+        their failures make request threads rest too.
         """
-        timeout = self.timeout
-        if in_background_thread():
-            if background_wait is None:
-                return function(*args)
-            timeout = background_wait
-        now = time.monotonic()
-        if now < self._resting_until:
-            raise StorageError(
-                f"{self.name} did not answer a moment ago; not waiting for it again for"
-                f" {self._resting_until - now:.0f} s"
-            )
-        if not self.offload:
+        background = in_background_thread()
+        if background and background_wait is None:
             return function(*args)
-        started = time.monotonic()
+        now = time.monotonic()
+        if not background and now < self._resting_until:
+            raise StorageError(
+                f"{self.name} failed a moment ago ({self._last_failure}); not trying it"
+                f" again on a request for {self._resting_until - now:.1f} s"
+            )
+        timeout = background_wait if background and background_wait is not None else self.timeout
+        started = now
         try:
-            return self._offloaded(function, args, timeout)
-        except StorageError:
-            if time.monotonic() - started >= self.timeout / 2:
-                self._rest()  # a slow failure: the next one would be as slow
+            if self.offload:
+                return self._offloaded(function, args, timeout)
+            return function(*args)
+        except StorageError as exc:
+            # A slow failure (a timeout, a lock) would be as slow next time: rest long. A
+            # quick one (connection refused) is cheap once, but a checkout makes several
+            # storage calls, on every request, for as long as the outage lasts: rest briefly.
+            slow = time.monotonic() - started >= self.timeout / 2
+            self._rest(self.cooldown if slow else self.short_cooldown, exc)
             raise
 
     def _offloaded(self, function: Callable[..., T], args: tuple[Any, ...], timeout: float) -> T:
@@ -115,8 +131,9 @@ class RequestGuard:
             raise call.error
         return call.result  # type: ignore[no-any-return]
 
-    def _rest(self) -> None:
-        self._resting_until = time.monotonic() + self.cooldown
+    def _rest(self, seconds: float, failure: StorageError) -> None:
+        self._last_failure = str(failure)[:200]
+        self._resting_until = max(self._resting_until, time.monotonic() + seconds)
 
     def _start(self) -> bool:
         """Start the worker threads; False when there is none to run a call."""
