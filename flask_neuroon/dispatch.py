@@ -118,7 +118,7 @@ class Courier:
             sent += len(rows)
         return sent
 
-    def deliver_direct(self, order_id: str, body: str) -> str | None:
+    def deliver_direct(self, order_id: str, body: str, *, will_retry: bool = False) -> str | None:
         """Deliver an order that is not in the outbox: the outbox is off, or the request
         could not queue it (storage failed or was busy there).
 
@@ -126,7 +126,9 @@ class Courier:
         anything, and deliver it from its row. A row that turns out to exist already
         (another worker queued the same order at the same moment) is the outbox's to send:
         sending it here too would send it twice. Only when storage fails here as well is
-        it sent directly: one attempt, no retry. None when the row is someone else's.
+        it sent directly. ``will_retry``: the caller tries again later if that attempt
+        fails in a way worth repeating (it is then ``retrying``, not ``failed``). None
+        when the row is someone else's.
         """
         if self.outbox is not None:
             try:
@@ -137,8 +139,7 @@ class Courier:
                     added = add(order_id, body)
             except StorageError as exc:
                 logger.warning(
-                    "flask-neuroon: order %s cannot be queued (%s); sending it directly, one"
-                    " attempt",
+                    "flask-neuroon: order %s cannot be queued (%s); sending it directly",
                     order_id,
                     exc,
                 )
@@ -150,6 +151,8 @@ class Courier:
                 return status
         result = self.client.send(body)
         status = _DIRECT_STATUS[result.outcome]
+        if will_retry and result.outcome == "retry":
+            status = "retrying"
         self._report(order_id, status, result)
         return status
 
@@ -259,9 +262,18 @@ class _Stop:
 
 _STOP = _Stop()
 
-#: An outbox order id, (order id, body) to send directly, a row still being committed,
+
+#: An outbox order id, an order to queue or send directly, a row still being committed,
 #: a drain of the due rows (flush), or the end.
-_Work = Union[str, tuple[str, str], _AwaitRow, _Drain]
+class _Direct(NamedTuple):
+    """An order that is not in the outbox, to queue (else send) from a sender thread."""
+
+    order_id: str
+    body: str
+    attempt: int = 1
+
+
+_Work = Union[str, _Direct, _AwaitRow, _Drain]
 _Job = Union[_Work, _Stop]
 #: How long an idle sender waits for work before looking at the stop flag again. Long:
 #: close() wakes it with _STOP, and every wake-up of an idle thread takes the GIL from
@@ -295,6 +307,8 @@ class ThreadDispatcher(Dispatcher):
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Job] = queue.Queue(self.max_pending)
         self._queued: set[str] = set()
+        #: Orders neither storage nor the API took, by id: (the next try, when, monotonic).
+        self._unqueued: dict[str, tuple[_Direct, float]] = {}
         self._threads: list[threading.Thread] = []
         self._sweeper: threading.Thread | None = None
         self._wake = threading.Event()
@@ -417,7 +431,46 @@ class ThreadDispatcher(Dispatcher):
         return False
 
     def submit_direct(self, order_id: str, body: str) -> bool:
-        return self._put((order_id, body))
+        return self._put(_Direct(order_id, body))
+
+    def _deliver_direct(self, job: _Direct) -> None:
+        """Queue (else send) an order that is not in the outbox; when storage is down and
+        the API fails too, keep it in memory and try both again on the outbox's schedule,
+        from the sweeper: nothing is dropped because two things failed at once."""
+        outbox = self.courier.outbox
+        retry = (
+            outbox is not None
+            and bool(self.flush_interval)
+            and job.attempt < outbox.max_attempts
+            and (job.order_id in self._unqueued or len(self._unqueued) < self.max_pending)
+        )
+        status = self.courier.deliver_direct(job.order_id, job.body, will_retry=retry)
+        if status == "retrying" and outbox is not None:
+            due = time.monotonic() + outbox.delay_before_next(job.attempt, None)
+            with self._lock:
+                self._unqueued[job.order_id] = (
+                    _Direct(job.order_id, job.body, job.attempt + 1),
+                    due,
+                )
+        elif status == "failed" and outbox is not None:
+            logger.error(
+                "flask-neuroon: order %s was neither queued nor delivered after %d attempts:"
+                " storage failed, and so did the API (tracking it again tries again)",
+                job.order_id,
+                job.attempt,
+            )
+
+    def _retry_unqueued(self) -> None:
+        """Hand the orders kept in memory whose time has come back to the senders."""
+        now = time.monotonic()
+        with self._lock:
+            due = [job for job, at in self._unqueued.values() if at <= now]
+            for job in due:
+                del self._unqueued[job.order_id]
+        for job in due:
+            if not self._put(job):
+                with self._lock:  # no room: next sweep
+                    self._unqueued[job.order_id] = (job, now)
 
     def _refill(self) -> int:
         """Pull due outbox rows into free queue slots; return how many were queued."""
@@ -484,7 +537,7 @@ class ThreadDispatcher(Dispatcher):
         elif isinstance(job, _Drain):
             self._drain(job)
         else:
-            self.courier.deliver_direct(*job)
+            self._deliver_direct(job)
 
     def _claim_batch(self) -> int:
         """Rows one claim may take: as many as can all be sent, one after the other, each
@@ -524,6 +577,7 @@ class ThreadDispatcher(Dispatcher):
             if self._stopping.is_set():
                 return
             try:
+                self._retry_unqueued()
                 self._pull_due(time.monotonic() + _DRAIN_SECONDS)
                 if self.on_sweep is not None:
                     self.on_sweep()

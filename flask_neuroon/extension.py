@@ -157,6 +157,8 @@ class _State:
         reason = result.message if result is not None else None
         with self._recent_lock:
             self.outcomes[status] += 1
+            if status == "failed":  # not in the outbox, not delivered: let a retry through
+                self._recent.pop(order_id, None)
         delivery = self.deliveries.get(order_id)
         if delivery is not None:
             delivery._update(status, None if status in ("sent", "duplicate") else reason)

@@ -242,7 +242,7 @@ def test_storage_outage_still_sends_directly_and_checkout_succeeds(api, make_app
     assert "saving the clicks of order SO-1 failed" in caplog.text
     assert "queueing order SO-1 failed" in caplog.text
     assert "order SO-1 cannot be queued" in caplog.text  # by the sender either
-    assert "sending it directly, one attempt" in caplog.text
+    assert "sending it directly" in caplog.text
 
 
 def test_the_api_key_never_appears_in_logs_reprs_or_cli(api, make_app, caplog):
@@ -667,3 +667,46 @@ def test_a_locked_sqlite_file_costs_one_wait_not_one_per_checkout(api, make_app,
     state = app.extensions["neuroon"]
     rows = {n: state.storage.get(f"LOCKED-{n}") for n in range(4)}
     assert all(row is not None and row.state == "sent" for row in rows.values()), rows  # queued
+
+
+def _unreachable_storage(tmp_path) -> str:
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where a directory should be")
+    return f"sqlite:///{blocker}/db.sqlite3"
+
+
+def test_storage_down_and_the_api_failing_too_is_retried_from_memory(api, make_app, tmp_path):
+    # Storage cannot queue the order and the direct send meets a 503: the order was lost
+    # (and every later confirmation called it a duplicate). It is kept in memory and tried
+    # again, storage first, on the outbox's schedule by the sweeper.
+    app, neuroon = make_app(
+        api,
+        NEUROON_DISPATCH="thread",
+        NEUROON_STORAGE_URI=_unreachable_storage(tmp_path),
+        NEUROON_FLUSH_INTERVAL=0.2,
+    )
+    api.fail(1, status=503)
+    with app.app_context():
+        delivery = neuroon.track_conversion(make_order("SDF-1"), clicks={})
+        assert delivery.wait(5) == "retrying"
+        assert api.wait_for(1, timeout=10)
+        deadline = time.monotonic() + 5
+        while delivery.status != "sent" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert delivery.status == "sent"
+    assert api.received_count("SDF-1") == 2
+    assert api.delivered_order_ids() == {"SDF-1": 1}
+
+
+def test_an_order_neither_queued_nor_sent_can_be_tracked_again(api, make_app, tmp_path, caplog):
+    # No sweeper to retry from memory (NEUROON_FLUSH_INTERVAL = 0): the failure is logged
+    # as such, and the next confirmation of the order sends it instead of "duplicate".
+    app, neuroon = make_app(
+        api, NEUROON_DISPATCH="thread", NEUROON_STORAGE_URI=_unreachable_storage(tmp_path)
+    )
+    api.fail(1, status=503)
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("SDF-2"), clicks={}).wait(5) == "failed"
+        assert neuroon.track_conversion(make_order("SDF-2"), clicks={}).wait(5) == "sent"
+    assert "order SDF-2 was neither queued nor delivered after 1 attempts" in caplog.text
+    assert api.delivered_order_ids() == {"SDF-2": 1}

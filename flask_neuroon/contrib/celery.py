@@ -28,7 +28,7 @@ from typing import Any
 from celery import Celery
 from flask import Flask, current_app, has_app_context
 
-from ..dispatch import Courier, SyncDispatcher, ThreadDispatcher, _AwaitRow, _Work
+from ..dispatch import Courier, SyncDispatcher, ThreadDispatcher, _AwaitRow, _Direct, _Work
 
 logger = logging.getLogger("flask_neuroon")
 
@@ -102,8 +102,8 @@ class CeleryDispatcher(ThreadDispatcher):
         return celery_app
 
     def _handle(self, job: _Work) -> None:
-        if isinstance(job, tuple) and not isinstance(job, _AwaitRow):
-            self.courier.deliver_direct(*job)  # storage was down: no row for a worker to claim
+        if isinstance(job, _Direct):
+            self._deliver_direct(job)  # storage was down: no row for a worker to claim
             return
         order_id, countdown = (job.order_id, 1.0) if isinstance(job, _AwaitRow) else (job, None)
         celery_app = self._celery()
