@@ -6,7 +6,7 @@ letter. It knows nothing of HTTP (it reads a :class:`~flask_neuroon.client.SendR
 and nothing of threads (the dispatcher decides who sends).
 
 The delay before attempt ``n + 1`` is ``retry_schedule[n - 1]`` (the last entry repeats),
-or the API's ``Retry-After`` when it gave one. After ``max_attempts`` failed attempts
+or the API's ``Retry-After`` when it gave a longer one. After ``max_attempts`` failed attempts
 the row is ``dead``: it stays, with its last error, until a person retries or drops it.
 """
 
@@ -60,11 +60,12 @@ class Outbox:
         return self.storage.stats(self.clock())
 
     def delay_before_next(self, attempts: int, retry_after: float | None) -> float:
-        """Seconds to wait after ``attempts`` failed attempts."""
-        if retry_after is not None:
-            return retry_after
+        """Seconds to wait after ``attempts`` failed attempts: the schedule's, or the API's
+        ``Retry-After`` when that is longer. Never shorter than the schedule: a
+        ``Retry-After: 0`` would otherwise spend every attempt within a second."""
         index = min(max(attempts, 1), len(self.retry_schedule)) - 1
-        return self.retry_schedule[index]
+        scheduled = self.retry_schedule[index]
+        return scheduled if retry_after is None else max(retry_after, scheduled)
 
     def exhausted(self, row: OutboxRow) -> bool:
         """A claimed row that has had all its attempts (e.g. its sender kept crashing)."""

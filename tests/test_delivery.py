@@ -710,3 +710,20 @@ def test_an_order_neither_queued_nor_sent_can_be_tracked_again(api, make_app, tm
         assert neuroon.track_conversion(make_order("SDF-2"), clicks={}).wait(5) == "sent"
     assert "order SDF-2 was neither queued nor delivered after 1 attempts" in caplog.text
     assert api.delivered_order_ids() == {"SDF-2": 1}
+
+
+@pytest.mark.parametrize("retry_after", [0, 1])
+def test_a_retry_after_shorter_than_the_schedule_does_not_spend_the_attempts(
+    api, make_app, retry_after
+):
+    # "Retry-After: 0" on every 429 sent five attempts, and a dead letter, within a second.
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync", NEUROON_RETRY_SCHEDULE=(300,))
+    api.fail(10, status=429, retry_after=retry_after)
+    before = time.time()
+    with app.app_context():
+        assert neuroon.track_conversion(make_order("RA-0"), clicks={}).status == "retrying"
+        neuroon.flush(1)
+    row = app.extensions["neuroon"].storage.get("RA-0")
+    assert row.state == "pending" and row.attempts == 1
+    assert 299 <= row.next_attempt_at - before <= 302
+    assert api.received_count("RA-0") == 1
