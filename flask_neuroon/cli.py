@@ -12,8 +12,8 @@ import random
 import re
 import signal
 import time
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import click
@@ -72,13 +72,28 @@ def _flusher(state: Any) -> Dispatcher:
     )
 
 
+T = TypeVar("T")
+
+#: The longest a command waits for one storage call: a server that accepts connections and
+#: never answers must not hold a cron job for the driver's read timeouts, over and over.
+STORAGE_WAIT = 10.0
+#: ... and for one purge, which may delete many rows.
+PURGE_WAIT = 300.0
+
+
+def _ask(state: Any, function: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+    """``function(*args)`` on storage, waited for at most ``wait`` seconds (by default
+    STORAGE_WAIT; StorageError after that, or at once after a failure a moment ago)."""
+    return cast(T, state.guard.call(function, *args, wait=STORAGE_WAIT if wait is None else wait))
+
+
 def _flush_once(state: Any, flusher: Dispatcher, timeout: float) -> str:
     """Flush and say what happened. Raises StorageError when the outbox cannot be read,
     before or after: a flush that could not look must not report "nothing was due"."""
-    state.outbox.stats()
+    _ask(state, state.outbox.stats, wait=min(timeout, STORAGE_WAIT))
     before = dict(state.outcomes)
     flusher.flush(timeout)
-    left = state.outbox.stats().pending
+    left = _ask(state, state.outbox.stats, wait=min(timeout, STORAGE_WAIT)).pending
     done = {key: state.outcomes[key] - before.get(key, 0) for key in state.outcomes}
     summary = ", ".join(f"{count} {status}" for status, count in sorted(done.items()) if count)
     return f"flushed: {summary or 'nothing was due'}; still pending: {left}"
@@ -146,7 +161,7 @@ def flush_command(timeout: float, send_all: bool, loop: bool, interval: float) -
     flusher = _flusher(state)
     with _storage_errors():
         if send_all:
-            state.storage.make_due(time.time())
+            _ask(state, state.storage.make_due, time.time())
         if not loop:
             click.echo(_flush_once(state, flusher, timeout))
             return
@@ -192,7 +207,7 @@ def outbox_command(limit: int) -> None:
 
 
 def _show_outbox(state: Any, limit: int) -> None:
-    stats = state.outbox.stats() if state.outbox else None
+    stats = _ask(state, state.outbox.stats) if state.outbox else None
     if stats is None:
         click.echo("NEUROON_OUTBOX is off.")
         return
@@ -202,7 +217,7 @@ def _show_outbox(state: Any, limit: int) -> None:
     )
     click.echo(f"sent: {stats.sent}")
     click.echo(f"dead: {stats.dead}")
-    dead = cast(list[OutboxRow], state.storage.rows(DEAD, limit))
+    dead = cast(list[OutboxRow], _ask(state, state.storage.rows, DEAD, limit))
     if dead:
         click.echo(
             "dead letters (retry with `flask neuroon retry ID`, drop with `flask neuroon drop ID`):"
@@ -226,18 +241,19 @@ def retry_command(order_id: str | None, every: bool, timeout: float) -> None:
         raise click.UsageError("give one ORDER_ID, or --all")
     with _storage_errors():
         if order_id is not None:
-            if not state.storage.requeue(order_id, time.time()):
+            if not _ask(state, state.storage.requeue, order_id, time.time()):
                 raise click.ClickException(f"no dead letter {order_id!r} in the outbox")
-            status = state.courier.deliver_id(order_id)
-            row = state.storage.get(order_id)
+            send_wait = STORAGE_WAIT + sum(state.settings.timeout)
+            status = _ask(state, state.courier.deliver_id, order_id, wait=send_wait)
+            row = _ask(state, state.storage.get, order_id)
             click.echo(f"{order_id}: {status or 'queued'}")
             if row is not None and row.last_error and status != "sent":
                 click.echo(f"  last error: {row.last_error}")
             return
         requeued = 0
-        while batch := state.storage.rows(DEAD, 500):
+        while batch := _ask(state, state.storage.rows, DEAD, 500):
             now = time.time()
-            requeued += sum(state.storage.requeue(row.order_id, now) for row in batch)
+            requeued += sum(_ask(state, state.storage.requeue, row.order_id, now) for row in batch)
         click.echo(f"{requeued} dead letters queued again")
         click.echo(_flush_once(state, _flusher(state), timeout))
 
@@ -248,7 +264,7 @@ def retry_command(order_id: str | None, every: bool, timeout: float) -> None:
 def drop_command(order_id: str) -> None:
     state = _state()
     with _storage_errors():
-        dropped = state.outbox is not None and state.storage.delete(order_id, DEAD)
+        dropped = state.outbox is not None and _ask(state, state.storage.delete, order_id, DEAD)
     if not dropped:
         raise click.ClickException(f"no dead letter {order_id!r} in the outbox")
     click.echo(f"{order_id}: dropped")
@@ -268,8 +284,8 @@ def purge_command(days: float) -> None:
     state = _state()
     now = time.time()
     with _storage_errors():
-        snapshots = state.storage.purge_snapshots(now)
-        sent = state.storage.purge_sent(now - days * 86400)
+        snapshots = _ask(state, state.storage.purge_snapshots, now, wait=PURGE_WAIT)
+        sent = _ask(state, state.storage.purge_sent, now - days * 86400, wait=PURGE_WAIT)
     click.echo(f"purged: {snapshots} expired snapshots, {sent} sent rows older than {days:g} days")
 
 
@@ -338,7 +354,7 @@ def check_command(call_api: bool) -> None:
 
     click.echo("storage")
     try:
-        stats = state.storage.stats(time.time())
+        stats = _ask(state, state.storage.stats, time.time())
     except StorageError as exc:
         report("FAIL", f"{state.storage.display_uri} is not reachable: {exc}")
     else:

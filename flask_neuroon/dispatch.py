@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, TypeVar, Union
 
 from . import _fork
 from .client import NeuroonClient, SendResult
@@ -32,6 +32,8 @@ from .storage.base import BACKGROUND_THREAD_PREFIX, PENDING, OutboxRow
 from .storage.guard import RequestGuard
 
 logger = logging.getLogger("flask_neuroon")
+
+T = TypeVar("T")
 
 #: ``(order_id, status, result)``: called after every attempt, from the sending thread.
 Report = Callable[[str, str, Union[SendResult, None]], None]
@@ -44,6 +46,8 @@ _DRAIN_SECONDS = 60.0
 _JOIN_SECONDS = 2.0
 #: How long a sender waits for storage to queue an order its request could not queue.
 _REQUEUE_WAIT = 10.0
+#: The least a bounded storage call is given, even past its deadline.
+_MIN_WAIT = 0.05
 
 _DIRECT_STATUS = {"sent": "sent", "duplicate": "duplicate", "retry": "failed", "reject": "failed"}
 
@@ -134,7 +138,7 @@ class Courier:
             try:
                 add = self.outbox.add
                 if self.guard is not None:
-                    added = self.guard.call(add, order_id, body, background_wait=_REQUEUE_WAIT)
+                    added = self.guard.call(add, order_id, body, wait=_REQUEUE_WAIT)
                 else:
                     added = add(order_id, body)
             except StorageError as exc:
@@ -193,23 +197,31 @@ class Dispatcher:
     def close(self, timeout: float = 0.0) -> None:
         """Stop this process's workers after at most ``timeout`` seconds of flushing."""
 
-    def _outbox_pending(self) -> int:
+    def _ask(self, function: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+        """A storage call, bounded by ``deadline`` (monotonic) when there is one, so that a
+        flush with a timeout keeps it even against a server that hangs."""
+        guard = self.courier.guard
+        if guard is None or deadline is None:
+            return function(*args)
+        return guard.call(function, *args, wait=max(_MIN_WAIT, deadline - time.monotonic()))
+
+    def _outbox_pending(self, deadline: float | None = None) -> int:
         """Rows not yet delivered nor dead, due now or waiting for a retry time."""
         outbox = self.courier.outbox
         if outbox is None:
             return 0
         try:
-            return outbox.stats().pending
+            return self._ask(outbox.stats, deadline=deadline).pending
         except StorageError as exc:
             logger.warning("flask-neuroon: cannot read the outbox: %s", exc)
             return 0
 
-    def _due_ids(self, limit: int) -> list[str]:
+    def _due_ids(self, limit: int, deadline: float | None = None) -> list[str]:
         outbox = self.courier.outbox
         if outbox is None or limit <= 0:
             return []
         try:
-            return outbox.due_ids(limit)
+            return self._ask(outbox.due_ids, limit, deadline=deadline)
         except StorageError as exc:
             logger.warning("flask-neuroon: cannot read the outbox: %s", exc)
             return []
@@ -591,7 +603,7 @@ class ThreadDispatcher(Dispatcher):
 
     def _start_drain(self, deadline: float) -> int:
         """Set every sender thread draining the due rows; 0 when none is due."""
-        if not self._due_ids(1):
+        if not self._due_ids(1, deadline):
             return 0
         started = 0
         for _ in range(self.workers):
@@ -628,7 +640,9 @@ class ThreadDispatcher(Dispatcher):
             return self._queue.unfinished_tasks  # this process's own, in memory
         # Every queued or in-flight id is also a pending outbox row: the larger count
         # covers both, plus rows waiting for a retry time and rows of other processes.
-        return max(self._queue.unfinished_tasks, self._outbox_pending())
+        # (One more second at most for that count.)
+        count_by = max(deadline, time.monotonic() + 1.0)
+        return max(self._queue.unfinished_tasks, self._outbox_pending(count_by))
 
 
 __all__ = ["Courier", "Dispatcher", "SyncDispatcher", "ThreadDispatcher"]

@@ -62,6 +62,8 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 _RECENT_LIMIT = 10_000
 #: Seconds between purges of expired snapshots by the in-process sweeper.
 _PURGE_EVERY = 3600.0
+#: The longest such a purge is waited for.
+_PURGE_WAIT = 60.0
 
 
 class _State:
@@ -191,8 +193,8 @@ class _State:
         now = time.time()
         if now - self._last_purge >= _PURGE_EVERY:
             self._last_purge = now
-            try:
-                self.storage.purge_snapshots(now)
+            try:  # bounded: the sweeper and `flush --loop` must go on against a hung server
+                self.guard.call(self.storage.purge_snapshots, now, wait=_PURGE_WAIT)
             except StorageError as exc:
                 self.storage_failed("purging snapshots", exc)
 

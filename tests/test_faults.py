@@ -562,6 +562,19 @@ def test_storage_unreachable_at_checkout_still_answers_fast_and_sends_directly(
 # --------------------------------------------------------------------------- storage hangs
 
 
+def _server_to_hang(backend: str) -> tuple[str, int]:
+    """The URL and port of this machine's server for ``backend`` (skip when it is absent)."""
+    from .services import MARIADB_URL, POSTGRES_URL, REDIS_URL, port_open
+
+    driver, url, port = {
+        "postgresql": ("psycopg", POSTGRES_URL, 5432),
+        "mariadb": ("pymysql", MARIADB_URL, 3306),
+        "redis": ("redis", REDIS_URL, 6379),
+    }[backend]
+    need_service(backend, importable(driver) and port_open("127.0.0.1", port))
+    return url, port
+
+
 @pytest.mark.parametrize("mode", ["frozen", "silent"])
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb", "redis"])
 def test_storage_that_hangs_holds_a_checkout_for_one_guard_timeout_at_most(
@@ -571,14 +584,7 @@ def test_storage_that_hangs_holds_a_checkout_for_one_guard_timeout_at_most(
     # TCP open and says nothing: no driver timeout fires. The checkout pays one request
     # guard timeout (2 s) once, then storage is skipped for the cooldown; the order is
     # sent directly, attributed from the cookie, exactly once.
-    from .services import MARIADB_URL, POSTGRES_URL, REDIS_URL, port_open
-
-    driver, url, port = {
-        "postgresql": ("psycopg", POSTGRES_URL, 5432),
-        "mariadb": ("pymysql", MARIADB_URL, 3306),
-        "redis": ("redis", REDIS_URL, 6379),
-    }[backend]
-    need_service(backend, importable(driver) and port_open("127.0.0.1", port))
+    url, port = _server_to_hang(backend)
     run = uuid.uuid4().hex[:8]
     with contextlib.ExitStack() as stack:
         if backend == "redis":
@@ -586,6 +592,41 @@ def test_storage_that_hangs_holds_a_checkout_for_one_guard_timeout_at_most(
         else:
             url = stack.enter_context(private_database(url))
         _hung_checkouts(backend, mode, port, url, run, make_app, api)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb", "redis"])
+def test_flush_and_the_cli_keep_their_time_against_storage_that_hangs(
+    backend: str, make_app: AppFactory, api: RecordingAPI, monkeypatch: pytest.MonkeyPatch
+):
+    # A server that accepts connections and never answers: flush(3) took 476 s on MariaDB
+    # and `flask neuroon outbox` 121 s, waiting out the drivers' timeouts call after call.
+    from flask_neuroon import cli
+
+    url, port = _server_to_hang(backend)
+    monkeypatch.setattr(cli, "STORAGE_WAIT", 1.0)
+    proxy = FreezeProxy(port, silent=True)
+    try:
+        uri = url.replace(f":{port}/", f":{proxy.port}/")
+        app, neuroon = make_app(api, NEUROON_STORAGE_URI=uri, NEUROON_DISPATCH="thread")
+        runner = app.test_cli_runner()
+        took: dict[str, float] = {}
+        with app.app_context():
+            started = time.monotonic()
+            neuroon.flush(3)
+            took["flush(3)"] = time.monotonic() - started
+        for args in (["outbox"], ["flush", "--timeout", "2"], ["check"]):
+            app.extensions["neuroon"].guard._resting_until = 0.0  # each command on its own
+            started = time.monotonic()
+            result = runner.invoke(cli.neuroon_cli, args)
+            took[" ".join(args)] = time.monotonic() - started
+            assert result.exit_code == 1, result.output
+            assert "storage" in result.output
+    finally:
+        proxy.close()
+    print(f"\nhung-storage[{backend}]: " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
+    assert took["flush(3)"] < 5.0, took
+    assert took["outbox"] < 3.0 and took["check"] < 3.0, took
+    assert took["flush --timeout 2"] < 5.0, took
 
 
 def _hung_checkouts(

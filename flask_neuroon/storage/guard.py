@@ -18,7 +18,7 @@ its caller gave up is never run. Every operation it guards is one the outbox tol
 running late (a row added twice is refused by its primary key; a late snapshot expires).
 
 Calls from flask-neuroon's own background threads are not guarded (they may wait)
-unless they ask for a bound (``background_wait``); they are made even while request
+unless they ask for a bound (``wait``); they are made even while request
 threads rest. Backends that cannot hang this way (``offload=False``: SQLite, memory) run
 in the calling thread, bounded by their own timeouts, but rest the same way. The worker
 threads are daemons, started lazily in the process that uses them, and never survive a
@@ -85,18 +85,17 @@ class RequestGuard:
     def _after_fork(self) -> None:
         self._init_process_state()
 
-    def call(
-        self, function: Callable[..., T], *args: Any, background_wait: float | None = None
-    ) -> T:
-        """``function(*args)``, waited for at most ``timeout`` seconds on a request path.
+    def call(self, function: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+        """``function(*args)``, waited for at most ``wait`` seconds (on a request thread,
+        by default, ``timeout``).
 
-        In flask-neuroon's own threads the call runs as it is, unless ``background_wait``
-        bounds it too (seconds): a sender that must not wait forever for a hung server.
-        Those calls are made even while request threads rest (a sender may wait), and
-        their failures make request threads rest too.
+        In flask-neuroon's own threads the call runs as it is unless ``wait`` bounds it too
+        (a sender that must not wait forever for a hung server, a bounded flush). Those
+        calls are made even while request threads rest, and their failures make request
+        threads rest too.
         """
         background = in_background_thread()
-        if background and background_wait is None:
+        if background and wait is None:
             return function(*args)
         now = time.monotonic()
         if not background and now < self._resting_until:
@@ -104,7 +103,7 @@ class RequestGuard:
                 f"{self.name} failed a moment ago ({self._last_failure}); not trying it"
                 f" again on a request for {self._resting_until - now:.1f} s"
             )
-        timeout = background_wait if background and background_wait is not None else self.timeout
+        timeout = self.timeout if wait is None else wait
         started = now
         try:
             if self.offload:
@@ -126,7 +125,7 @@ class RequestGuard:
         call = _Call(function, args, time.monotonic() + timeout)
         self._calls.put(call)
         if not call.done.wait(timeout):
-            raise StorageError(f"{self.name} did not answer within {timeout:g} s")
+            raise StorageError(f"{self.name} did not answer within {timeout:.1f} s")
         if call.error is not None:
             raise call.error
         return call.result  # type: ignore[no-any-return]
