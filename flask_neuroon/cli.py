@@ -224,6 +224,8 @@ def _show_outbox(state: Any, limit: int) -> None:
         )
         for row in dead:
             click.echo(_show(row))
+        if stats.dead > len(dead):
+            click.echo(f"  ... and {stats.dead - len(dead)} more (--limit N to list them)")
 
 
 @neuroon_cli.command("retry", help="Send a dead letter again, now (or every one: --all).")

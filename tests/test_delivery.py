@@ -727,3 +727,14 @@ def test_a_retry_after_shorter_than_the_schedule_does_not_spend_the_attempts(
     assert row.state == "pending" and row.attempts == 1
     assert 299 <= row.next_attempt_at - before <= 302
     assert api.received_count("RA-0") == 1
+
+
+def test_the_outbox_listing_says_how_many_dead_letters_it_left_out(api, make_app):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    api.fail(3, status=400)
+    with app.app_context():
+        for number in range(3):
+            assert neuroon.track_conversion(make_order(f"DL-{number}"), clicks={}).status == "dead"
+    output = cli(app, "outbox", "--limit", "2").output
+    assert "dead: 3" in output
+    assert "... and 1 more (--limit N to list them)" in output

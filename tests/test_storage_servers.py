@@ -118,3 +118,13 @@ def test_a_missing_driver_names_the_extra_to_install():
     need_service("SQLAlchemy", importable("sqlalchemy"), "the sqlalchemy extra")
     with pytest.raises(ConfigurationError, match=r"pip install 'flask-neuroon\[mysql\]'"):
         storage_from_uri("mysql+mysqldb://root@127.0.0.1/test")  # MySQLdb is not installed
+
+
+def test_a_uri_without_a_driver_names_the_one_the_extra_installs():
+    # mysql:// asks SQLAlchemy for MySQLdb; installing the [mysql] extra again cannot help.
+    need_service("SQLAlchemy", importable("sqlalchemy"), "the sqlalchemy extra")
+    if importable("MySQLdb"):
+        pytest.skip("MySQLdb is installed here: mysql:// works")
+    with pytest.raises(ConfigurationError) as caught:
+        storage_from_uri("mysql://root@127.0.0.1/test")
+    assert "write mysql+pymysql://" in str(caught.value)

@@ -78,6 +78,14 @@ def storage_from_uri(
         try:
             return SQLAlchemyStorage.from_uri(uri, create_tables=create_tables)
         except ImportError as exc:
+            if "+" not in scheme and dialect in _OUR_DRIVERS:
+                # SQLAlchemy's default driver for the dialect, not the one our extra brings.
+                raise ConfigurationError(
+                    "NEUROON_STORAGE_URI",
+                    f"{scheme}:// asks for SQLAlchemy's default driver ({exc.name or exc}),"
+                    f" which is not installed: write {_OUR_DRIVERS[dialect]}:// (installed by"
+                    f" pip install 'flask-neuroon[{extra}]')",
+                ) from None
             raise _missing_driver(extra, exc) from None
         except (NoSuchModuleError, ArgumentError) as exc:
             raise ConfigurationError(
@@ -89,6 +97,14 @@ def storage_from_uri(
         " or an SQLAlchemy URL such as postgresql+psycopg://)",
     )
 
+
+#: The driver each extra installs, for a URI that names none.
+_OUR_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
 
 _SQLALCHEMY_DIALECTS = (
     "postgresql",
