@@ -183,7 +183,7 @@ def run(long: bool = False) -> Outcome:
         "orders_per_naive_run": naive_count,
         "repeats": repeats,
         "order_of_runs": "rotated each repeat",
-        "sender_threads": 4,
+        "sender_threads": "4; a drain starts with one, the others join while sends wait",
         "outbox_storage": "SQLite (WAL, synchronous=NORMAL) in a temporary directory",
         "naive": "requests.post per order (a new connection each), bodies built beforehand",
     }

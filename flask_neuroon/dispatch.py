@@ -101,15 +101,21 @@ class Courier:
         return status
 
     def drain(
-        self, deadline: float, batch: int = 1, stopping: threading.Event | None = None
+        self,
+        deadline: float,
+        batch: int = 1,
+        stopping: threading.Event | None = None,
+        crew: DrainCrew | None = None,
     ) -> int:
         """Claim the next due rows (whichever: several drains, in several processes, claim
         disjoint rows instead of racing for the same ids) and send them, until none is
-        due or ``deadline`` (monotonic) has passed. Returns how many were sent."""
+        due or ``deadline`` (monotonic) has passed. Returns how many were sent. ``crew``:
+        the drain this one is part of, told how long each claim and send took."""
         if self.outbox is None:
             return 0
         sent = 0
         while time.monotonic() < deadline and not (stopping and stopping.is_set()):
+            started = crew.begin() if crew is not None else None
             try:
                 rows = self.outbox.claim(batch)
             except StorageError as exc:
@@ -120,6 +126,8 @@ class Courier:
             for row in rows:
                 self.deliver_row(row)
             sent += len(rows)
+            if crew is not None and started is not None:
+                crew.end(started)
         return sent
 
     def deliver_direct(self, order_id: str, body: str, *, will_retry: bool = False) -> str | None:
@@ -258,14 +266,83 @@ class _AwaitRow(NamedTuple):
     deadline: float
 
 
+class DrainCrew:
+    """The sender threads of one drain, and when more of them should join it.
+
+    A drain starts with one sender; the others stand by. Against a fast API (loopback,
+    the same data centre) a send is mostly CPU (``http.client`` and ``urllib3`` work under
+    the GIL), and one thread sends more per second than four, which mostly take the GIL
+    from each other (and from the shop's requests). Against a distant, slow or hanging
+    API a send is mostly waiting, and parallel sends multiply the rate. So a standby
+    joins when the senders at work wait more than they compute: every one of them has
+    been in its current claim-and-send for ``JOIN_AFTER`` seconds or more, or so far
+    their rounds took more than twice their own CPU time.
+    """
+
+    #: A round (claim and send) that has lasted this long calls for help.
+    JOIN_AFTER = 0.01
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._busy_since: dict[int, float] = {}
+        self._wall = 0.0
+        self._cpu = 0.0
+        self.done = False
+
+    def begin(self) -> tuple[float, float]:
+        """A sender starts a round; returns what :meth:`end` needs."""
+        now = time.monotonic()
+        with self._condition:
+            self._busy_since[threading.get_ident()] = now
+        return now, time.thread_time()
+
+    def end(self, started: tuple[float, float]) -> None:
+        """A sender's round is over."""
+        wall = time.monotonic() - started[0]
+        cpu = time.thread_time() - started[1]
+        with self._condition:
+            self._busy_since.pop(threading.get_ident(), None)
+            self._wall += wall
+            self._cpu += cpu
+
+    def finish(self) -> None:
+        """A sender found nothing more to do (or ran out of time): the drain is over."""
+        with self._condition:
+            self.done = True
+            self._busy_since.pop(threading.get_ident(), None)
+            self._condition.notify_all()
+
+    def needs_help(self, now: float) -> bool:
+        with self._condition:
+            if self._wall > 2.0 * self._cpu + self.JOIN_AFTER:
+                return True
+            busy = self._busy_since.values()
+            return bool(busy) and all(now - since >= self.JOIN_AFTER for since in busy)
+
+    def stand_by(self, deadline: float, stopping: threading.Event) -> bool:
+        """Wait until this standby should join (True) or the drain is over (False)."""
+        with self._condition:
+            while not (self.done or stopping.is_set()):
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                if self.needs_help(now):  # re-entrant: a Condition on an RLock
+                    return True
+                self._condition.wait(min(self.JOIN_AFTER, deadline - now))
+        return False
+
+
 class _Drain:
     """Claim the next due rows and send them, again and again, until none is due (or
-    ``deadline``, monotonic, has passed): how a flush sends what is due."""
+    ``deadline``, monotonic, has passed): how a flush sends what is due. The sender
+    threads of one drain share a :class:`DrainCrew`; all but one start as standbys."""
 
-    __slots__ = ("deadline",)
+    __slots__ = ("crew", "deadline", "standby")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, crew: DrainCrew, standby: bool = False) -> None:
         self.deadline = deadline
+        self.crew = crew
+        self.standby = standby
 
 
 class _Stop:
@@ -563,7 +640,13 @@ class ThreadDispatcher(Dispatcher):
         return max(1, min(_MAX_CLAIM_BATCH, int((outbox.lease_seconds - 30.0) / worst + 1e-9)))
 
     def _drain(self, job: _Drain) -> None:
-        self.courier.drain(job.deadline, self._claim_batch(), self._stopping)
+        crew = job.crew
+        if job.standby and not crew.stand_by(job.deadline, self._stopping):
+            return
+        try:
+            self.courier.drain(job.deadline, self._claim_batch(), self._stopping, crew)
+        finally:
+            crew.finish()
 
     def _deliver_when_visible(self, job: _AwaitRow) -> None:
         """Deliver a row whose transaction was committing when it was submitted."""
@@ -605,9 +688,10 @@ class ThreadDispatcher(Dispatcher):
         """Set every sender thread draining the due rows; 0 when none is due."""
         if not self._due_ids(1, deadline):
             return 0
+        crew = DrainCrew()
         started = 0
-        for _ in range(self.workers):
-            if not self._put(_Drain(deadline)):
+        for number in range(self.workers):
+            if not self._put(_Drain(deadline, crew, standby=number > 0)):
                 break
             started += 1
         return started

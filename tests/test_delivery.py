@@ -18,6 +18,8 @@ from flask_neuroon._stopping import StopRequest
 from flask_neuroon.cli import neuroon_cli
 from flask_neuroon.client import NeuroonClient
 from flask_neuroon.config import Secret
+from flask_neuroon.conversion import dumps_payload
+from flask_neuroon.signals import conversion_sent
 from flask_neuroon.storage import DEAD, SENT
 from flask_neuroon.testing import FakeNeuroonAPI
 
@@ -193,6 +195,49 @@ def test_slow_api_does_not_slow_the_view_and_flush_is_bounded(api, make_app):
         assert left == 1
         assert neuroon.flush(10) == 0
     assert api.received_count("SLOW-1") == 1
+
+
+def _queue_rows(app, neuroon, count: int, prefix: str) -> None:
+    """Put ``count`` due rows in the outbox, as a backlog after an outage leaves them."""
+    outbox = app.extensions["neuroon"].outbox
+    with app.app_context():
+        for number in range(count):
+            order = make_order(f"{prefix}-{number}")
+            outbox.add(order.id, dumps_payload(neuroon.build_payload(order, {"SKU-RED": "r"})))
+
+
+def test_a_backlog_drains_in_parallel_when_the_api_answers_slowly(api, make_app):
+    # A drain starts with one sender; the others join as soon as the sends wait on the
+    # network: 8 rows at 0.4 s per answer take about 2 rounds with 4 senders, 3.2 s with one.
+    app, neuroon = make_app(api, NEUROON_DISPATCH="thread", NEUROON_MAX_WORKERS=4)
+    _queue_rows(app, neuroon, 8, "SLOWDRAIN")
+    api.slow(0.4)
+    with app.app_context():
+        started = time.perf_counter()
+        assert neuroon.flush(10) == 0
+        elapsed = time.perf_counter() - started
+    assert elapsed < 1.6, f"8 slow answers took {elapsed:.2f} s: the drain did not spread"
+    assert sorted(c.order_id for c in api.conversions) == [f"SLOWDRAIN-{n}" for n in range(8)]
+
+
+def test_a_backlog_against_a_fast_api_is_sent_by_one_sender_once_each(api, make_app):
+    # On loopback a send is mostly CPU under the GIL: one sender goes faster than four
+    # taking the GIL from each other (benchmark 3), and leaves it to the shop's requests.
+    app, neuroon = make_app(api, NEUROON_DISPATCH="thread", NEUROON_MAX_WORKERS=4)
+    _queue_rows(app, neuroon, 200, "FASTDRAIN")
+    senders: list[str] = []
+
+    def sent(sender, **extra):
+        senders.append(threading.current_thread().name)
+
+    with conversion_sent.connected_to(sent, app), app.app_context():
+        assert neuroon.flush(30) == 0
+    received = [c.order_id for c in api.conversions]
+    assert len(received) == 200 and len(set(received)) == 200
+    assert api.stats()["duplicates"] == 0
+    # A sender descheduled for 10 ms may call a second one in; never all four at once.
+    busiest = max(senders.count(name) for name in set(senders))
+    assert len(senders) == 200 and busiest >= 100, sorted(set(senders))
 
 
 def test_read_timeout_is_retried_and_the_server_deduplicates(api, make_app):
