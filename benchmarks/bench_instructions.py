@@ -138,7 +138,14 @@ def _per_call(helper: str, mode: str, path: str, vary: bool, count: int) -> floa
         str(count),
     ]
     done = subprocess.run(
-        argv, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600, check=False
+        argv,
+        cwd=ROOT,
+        # One hash seed for every child: dict and set layouts, and so the counts, repeat.
+        env=child_env(PYTHONHASHSEED="0"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:

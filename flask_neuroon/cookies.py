@@ -60,7 +60,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -74,6 +74,7 @@ __all__ = [
     "MAX_VALUE_LENGTH",
     "parse_click_header",
     "parse_click_value",
+    "read_click_header",
 ]
 
 COOKIE_NAME = "neuroon_clicks"
@@ -93,31 +94,29 @@ _PREVIEW_LENGTH = 60
 
 #: The last clean parses, by raw cookie value. A shopper's requests carry the same cookie
 #: until their next click, so a worker parses it about twice instead of on every page that
-#: reads it (a hit costs a look-up, a comparison and a copy: a few microseconds instead of
-#: a few tens). Entries are found by the value's two ends (_FINGERPRINT characters of each:
-#: the widget's newest clicks and the oldest it kept), not by a hash of the whole value,
-#: which every request's new string would have to compute again (a third of a hit's
-#: work for a 4 KiB cookie); a hit also needs the whole stored value to equal this one, so
-#: two cookies alike at both ends only miss. A value is kept the second time it is parsed
-#: (its fingerprint is noted the first time): keeping every value would cost the many
-#: cookies seen once more than the cache saves. Only values the widget's fast path took
-#: whole are kept (nothing was dropped or logged for them, so a hit returns and logs
-#: exactly what a parse would), at most _RECENT_SIZE of at most _RECENT_VALUE_LENGTH
-#: characters, least recently used out first; every hit gets its own copy. C-level dict
-#: and set operations only: atomic under the GIL, no lock to hold (or to inherit across a
-#: fork).
+#: reads it (a hit costs a look-up, a comparison in place and, for a caller that may
+#: change the result, a copy: a few microseconds instead of a few tens). Entries are found
+#: by the value's last _FINGERPRINT characters (where the widget appends the newest click,
+#: with its unique searchLogId), not by a hash of the whole value, which every request's
+#: new string would have to compute again; a hit also needs the whole stored value to
+#: equal this one, compared where it stands in the header, so two cookies alike at the
+#: end only miss. A value is kept the second time it is parsed (its fingerprint is noted
+#: the first time): keeping every value would cost the many cookies seen once more than
+#: the cache saves. Only values the widget's fast path took whole are kept (nothing was
+#: dropped or logged for them, so a hit returns and logs exactly what a parse would), at
+#: most _RECENT_SIZE of at most _RECENT_VALUE_LENGTH characters, least recently used out
+#: first. C-level dict and set operations only: atomic under the GIL, no lock to hold (or
+#: to inherit across a fork).
 _RECENT_SIZE = 256
 _RECENT_VALUE_LENGTH = 8192
 _SEEN_SIZE = 4096
-_FINGERPRINT = 48
+_FINGERPRINT = 64
 _recent: OrderedDict[str, tuple[str, dict[str, str]]] = OrderedDict()
 _seen: set[str] = set()
 
 
 def _fingerprint(value: str) -> str:
-    if len(value) <= 2 * _FINGERPRINT:
-        return value
-    return value[:_FINGERPRINT] + value[-_FINGERPRINT:]
+    return value[-_FINGERPRINT:]
 
 
 # Starts like a percent-encoded object: "%7B..." or "{%22...". Anchored, one optional
@@ -176,6 +175,13 @@ def parse_click_header(cookie_header: str | None, name: str = COOKIE_NAME) -> di
     or a header without the cookie gives ``{}``. The first occurrence of a productId
     wins, across cookies as inside one. Never raises.
     """
+    return dict(read_click_header(cookie_header, name))
+
+
+def read_click_header(cookie_header: str | None, name: str = COOKIE_NAME) -> Mapping[str, str]:
+    """:func:`parse_click_header`, read-only: the map may be one kept for other requests
+    with the same cookie, not copied (what :class:`~flask_neuroon.middleware.ClickMap`
+    holds). Never raises."""
     try:
         return _parse_header(cookie_header, name)
     except Exception:
@@ -209,20 +215,18 @@ def parse_click_value(value: str) -> dict[str, str]:
 # -- the header -------------------------------------------------------------------------
 
 
-def _parse_header(header: str | None, name: str) -> dict[str, str]:
+def _parse_header(header: str | None, name: str) -> Mapping[str, str]:
     if not header or not name:
         return {}
     needle = name + "="
+    kept = _kept_parse(header, needle)
+    if kept is not None:
+        return kept
     start = 0
     merged: dict[str, str] | None = None
     while (pos := header.find(needle, start)) >= 0:
         start = pos + len(needle)
-        # A cookie boundary: start of the header, or ';' before optional blanks. This
-        # rejects "xneuroon_clicks=" and "other=neuroon_clicks=..." alike.
-        before = pos - 1
-        while before >= 0 and header[before] in " \t":
-            before -= 1
-        if before >= 0 and header[before] != ";":
+        if not _at_cookie_start(header, pos):
             continue
         end = header.find(";", start)
         if end < 0:
@@ -242,6 +246,43 @@ def _parse_header(header: str | None, name: str) -> dict[str, str]:
 
 
 # -- one value --------------------------------------------------------------------------
+
+
+def _at_cookie_start(header: str, pos: int) -> bool:
+    """Whether a cookie starts at ``pos``: the header's start, or ';' and optional blanks
+    before it. Rejects "xneuroon_clicks=" and "other=neuroon_clicks=..." alike."""
+    before = pos - 1
+    while before >= 0 and header[before] in " \t":
+        before -= 1
+    return before < 0 or header[before] == ";"
+
+
+def _kept_parse(header: str, needle: str) -> dict[str, str] | None:
+    """The kept parse of the header's one ``needle`` cookie, found without copying its
+    value out of the header; None when it is not kept or the header needs the full walk
+    (another cookie of that name, or the name inside another cookie's value)."""
+    pos = header.find(needle)
+    if pos < 0:
+        return None
+    start = pos + len(needle)
+    end = header.find(";", start)
+    if end < 0:
+        end = len(header)
+    fingerprint = header[max(start, end - _FINGERPRINT) : end]
+    cached = _recent.get(fingerprint)
+    if (
+        cached is None
+        or len(cached[0]) != end - start
+        or not header.startswith(cached[0], start)
+        or header.find(needle, end) >= 0
+        or not _at_cookie_start(header, pos)
+    ):
+        return None
+    try:  # noqa: SIM105 - suppress() costs 3 Python calls on every page reading clicks
+        _recent.move_to_end(fingerprint)
+    except KeyError:  # another thread has just evicted it
+        pass
+    return cached[1]
 
 
 def _parse_value(value: str) -> dict[str, str]:

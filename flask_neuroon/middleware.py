@@ -9,8 +9,8 @@ For each request the middleware stores a :class:`ClickMap` under
 untouched. The map holds only the raw ``Cookie`` header: nothing is parsed until someone
 reads it (``len``, ``in``, ``[]``, iteration, ``get``, ``keys``/``items``/``values``,
 ``bool``, ``==`` or ``repr``), and then it is parsed once, with
-:func:`flask_neuroon.cookies.parse_click_header` (see there for the rules). A request that
-never asks for its clicks pays for one small object and nothing else.
+:func:`flask_neuroon.cookies.read_click_header` (the rules are ``parse_click_header``'s). A
+request that never asks for its clicks pays for one small object and nothing else.
 
 :func:`clicks_from_environ` returns that map, or builds one from the header when the
 middleware did not run, so the rest of the package works either way.
@@ -31,7 +31,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .cookies import COOKIE_NAME, parse_click_header
+from .cookies import COOKIE_NAME, read_click_header
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -65,7 +65,7 @@ class ClickMap(Mapping[str, str]):
     def __init__(self, cookie_header: str | None, cookie_name: str = COOKIE_NAME) -> None:
         self._header = cookie_header
         self._cookie_name = cookie_name
-        self._clicks: dict[str, str] | None = None
+        self._clicks: Mapping[str, str] | None = None
 
     @property
     def cookie_name(self) -> str:
@@ -77,10 +77,12 @@ class ClickMap(Mapping[str, str]):
         """Whether the cookie has been parsed yet (reading this does not parse it)."""
         return self._clicks is not None
 
-    def _data(self) -> dict[str, str]:
+    def _data(self) -> Mapping[str, str]:
+        # Read-only, maybe shared with other requests carrying the same cookie: nothing
+        # here changes it, and the views handed out (keys, items, values) cannot.
         clicks = self._clicks
         if clicks is None:
-            clicks = self._clicks = parse_click_header(self._header, self._cookie_name)
+            clicks = self._clicks = read_click_header(self._header, self._cookie_name)
             self._header = None
         return clicks
 
@@ -169,7 +171,7 @@ def clicks_from_environ(
     there.
     """
     clicks = environ.get(environ_key)
-    if isinstance(clicks, ClickMap) and clicks.cookie_name == cookie_name:
+    if isinstance(clicks, ClickMap) and clicks._cookie_name == cookie_name:
         return clicks
     clicks = ClickMap(environ.get("HTTP_COOKIE"), cookie_name)
     environ[environ_key] = clicks

@@ -26,6 +26,7 @@ from flask_neuroon.cookies import (
     parse_click_header,
     parse_click_value,
 )
+from flask_neuroon.middleware import ClickMap
 
 # -- how the cookie gets written ---------------------------------------------------------
 
@@ -688,3 +689,25 @@ def test_kept_parses_never_confuse_two_cookies_alike_at_both_ends():
     kept = parse_click_value(first)
     kept["SKU-MIDDLE"] = "changed by the caller"
     assert parse_click_value(first) == one  # every hit is a copy of its own
+
+
+def test_a_kept_parse_found_in_the_header_never_hides_what_else_the_header_holds():
+    # A header whose cookie was parsed before is answered from the kept parse without
+    # copying the value out; anything that needs the full walk must still get it.
+    value = widget_value(CLICKS)
+    header = header_with(value)
+    for _ in range(3):  # seen, then kept, then found in place
+        assert parse_click_header(header) == CLICKS
+    second = f"{header}; {COOKIE_NAME}={widget_value({'SKU-OTHER-PATH': 'log-9'})}"
+    assert parse_click_header(second) == {**CLICKS, "SKU-OTHER-PATH": "log-9"}
+    inside = f"note={COOKIE_NAME}={widget_value({'SKU-FAKE': 'x'})}; {COOKIE_NAME}={value}"
+    assert parse_click_header(inside) == CLICKS
+    assert parse_click_header(f"x{COOKIE_NAME}={value}") == {}  # another cookie's name
+    other = value.replace("SKU-10293", "SKU-10294")  # same length and end, not the same
+    for _ in range(3):
+        assert "SKU-10294-BLK-M" in parse_click_header(header_with(other))
+        assert parse_click_header(header) == CLICKS
+    changed = parse_click_header(header)
+    changed["SKU-10293-BLK-M"] = "changed by the caller"
+    assert parse_click_header(header) == CLICKS  # every caller gets a copy of its own
+    assert ClickMap(header) == CLICKS and dict(ClickMap(header).items()) == CLICKS

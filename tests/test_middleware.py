@@ -37,10 +37,10 @@ class ParseSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str | None, str]] = []
-        self._real = cookies.parse_click_header
-        monkeypatch.setattr(middleware, "parse_click_header", self)
+        self._real = cookies.read_click_header
+        monkeypatch.setattr(middleware, "read_click_header", self)
 
-    def __call__(self, header: str | None, name: str = COOKIE_NAME) -> dict[str, str]:
+    def __call__(self, header: str | None, name: str = COOKIE_NAME) -> Mapping[str, str]:
         self.calls.append((header, name))
         return self._real(header, name)
 
