@@ -195,9 +195,11 @@ def _line_total(
         raise InvalidOrder(
             "a line needs a unitPrice or a lineTotal", order_id=order_id, field=where
         )
-    if amount < 0:
+    # The sign of the amount as it goes on the wire: -0.004 EUR is 0.00, not a discount.
+    rounded = _round(amount, exponent, order_id, field)
+    if rounded < 0:
         raise InvalidOrder("must be >= 0", order_id=order_id, field=field)
-    return _round(amount, exponent, order_id, field)
+    return rounded
 
 
 def usable_clicks(clicks: Mapping[Any, Any]) -> dict[str, str]:

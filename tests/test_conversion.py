@@ -590,3 +590,33 @@ def test_the_shops_decimal_context_changes_nothing(hostile):
     assert got["attributedValue"] == Decimal("13.33")  # 14.00 x 20/21 = 13.333...
     assert sum(c["lineTotal"] for c in got["conversions"]) == got["attributedValue"]
     assert str(hostile_error.value) == str(plain_error.value)
+
+
+@pytest.mark.parametrize(
+    ("currency", "price", "tiny", "unit"),
+    [
+        ("EUR", "10", {"line_total": "-0.004"}, "0.00"),
+        ("EUR", "10", {"unitPrice": "-0.0016"}, "0.00"),
+        ("JPY", "1000", {"line_total": "-0.4"}, "0"),
+        ("KWD", "10", {"unitPrice": "-0.0004"}, "0.000"),
+    ],
+)
+def test_a_clicked_line_that_rounds_to_zero_is_zero_not_a_void_order(currency, price, tiny, unit):
+    # -0.004 EUR is 0.00 on the wire: not below zero, so not a reason to drop the order.
+    order = {
+        "id": "TINY-1",
+        "total": price,
+        "currency": currency,
+        "lines": [
+            {"sku": "B", "quantity": 1, "unitPrice": price},
+            {"sku": "A", "quantity": 1, **tiny},
+        ],
+    }
+    body = payload(order, {"A": "log-a", "B": "log-b"})
+    total = Decimal(price).quantize(Decimal(unit) + 1)
+    assert body["attributedValue"] == total and body["orderValue"] == total
+    assert body["conversions"] == [
+        {"productId": "B", "searchLogId": "log-b", "quantity": 1, "lineTotal": total},
+        {"productId": "A", "searchLogId": "log-a", "quantity": 1, "lineTotal": Decimal(unit)},
+    ]
+    assert ":-" not in dumps_payload(body)  # no negative zero either
