@@ -20,6 +20,14 @@ status         meaning
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
+
+#: ``(status, error)`` of a conversion as its outbox row tells it, or None while the row
+#: says nothing final (how a Delivery learns what another process did with its order).
+Look = Callable[[], "tuple[str, str | None] | None"]
+#: How often wait() asks the outbox, while nothing in this process has reported.
+_LOOK_EVERY = 0.25
 
 PENDING = "pending"
 #: Statuses after which nothing more will happen to this conversion in this process.
@@ -39,13 +47,16 @@ FINAL = frozenset(
 
 
 class Delivery:
-    __slots__ = ("__weakref__", "_done", "_error", "_status", "order_id")
+    __slots__ = ("__weakref__", "_done", "_error", "_look", "_status", "order_id")
 
     def __init__(self, order_id: str | None, status: str = PENDING, error: str | None = None):
         self.order_id = order_id
         self._status = status
         self._error = error
         self._done = threading.Event()
+        #: Set for a conversion in the outbox: another process (a second worker, cron's
+        #: flush, a Celery worker) may be the one that sends it.
+        self._look: Look | None = None
         if status != PENDING:
             self._done.set()
 
@@ -59,9 +70,25 @@ class Delivery:
         return self._error
 
     def wait(self, timeout: float | None = None) -> str:
-        """Block until an attempt has finished (or ``timeout``); return the status."""
-        self._done.wait(timeout)
-        return self._status
+        """Block until an attempt has finished (or ``timeout``); return the status.
+
+        Also ends when the outbox row shows the order sent or dead by another process
+        (it is looked at every quarter of a second while this one has nothing to say).
+        """
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            step = (
+                _LOOK_EVERY if deadline is None else min(_LOOK_EVERY, deadline - time.monotonic())
+            )
+            if self._done.wait(max(step, 0.0)):
+                return self._status
+            look = self._look
+            found = look() if look is not None else None
+            if found is not None and not self._done.is_set():
+                self._update(*found)
+                return self._status
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._status
 
     def _update(self, status: str, error: str | None = None) -> None:
         self._status = status

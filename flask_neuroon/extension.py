@@ -45,7 +45,7 @@ from .signals import (
     conversion_sent,
     storage_failed,
 )
-from .storage import Storage, storage_from_uri
+from .storage import DEAD, SENT, Storage, storage_from_uri
 from .storage.guard import RequestGuard
 from .storage.uri import display_uri
 
@@ -184,6 +184,17 @@ class _State:
                 reason=reason,
                 will_retry=will_retry,
             )
+
+    def stored_outcome(self, order_id: str) -> tuple[str, str | None] | None:
+        """("sent", None) or ("dead", its last error) when the outbox row says so; None
+        otherwise, or when storage cannot tell right now."""
+        try:
+            row = self.guard.call(self.storage.get, order_id)
+        except StorageError:
+            return None
+        if row is None or row.state not in (SENT, DEAD):
+            return None
+        return (SENT, None) if row.state == SENT else (DEAD, row.last_error)
 
     def _on_sweep(self) -> None:
         self.purge_expired_snapshots()
@@ -724,6 +735,7 @@ class Neuroon:
                     return delivery
                 state.signal(conversion_queued, order_id=order_id, payload=payload)
                 state.deliveries[order_id] = delivery
+                delivery._look = functools.partial(state.stored_outcome, order_id)
                 state.dispatcher.submit_id(order_id)  # full queue: the row waits in the outbox
                 return delivery
         if not state.first_time(order_id):

@@ -783,3 +783,21 @@ def test_the_outbox_listing_says_how_many_dead_letters_it_left_out(api, make_app
     output = cli(app, "outbox", "--limit", "2").output
     assert "dead: 3" in output
     assert "... and 1 more (--limit N to list them)" in output
+
+
+def test_wait_learns_of_a_delivery_made_by_another_worker(api, make_app):
+    # Two workers share one outbox (the same SQLite file): whichever sends an order, the
+    # Delivery of the worker that tracked it says so, without waiting out its timeout.
+    app, neuroon = make_app(api, NEUROON_DISPATCH="thread", NEUROON_MAX_WORKERS=1)
+    other, other_neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    api.slow(1.0, times=1)  # holds this worker's only sender on the first order
+    with app.app_context():
+        deliveries = [
+            neuroon.track_conversion(make_order(f"ELSEWHERE-{n}"), clicks={}) for n in range(3)
+        ]
+    with other.app_context():
+        other_neuroon.flush(5)  # cron's `flask neuroon flush`, say
+    started = time.perf_counter()
+    assert [delivery.wait(10) for delivery in deliveries] == ["sent", "sent", "sent"]
+    assert time.perf_counter() - started < 3.0
+    assert sorted(c.order_id for c in api.conversions) == [f"ELSEWHERE-{n}" for n in range(3)]
