@@ -46,7 +46,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError
 
 from ._version import __version__
-from .config import Secret
+from .config import Secret, scrub_secret
 
 USER_AGENT = f"flask-neuroon/{__version__}"
 RETRY_STATUSES = frozenset({408, 425, 429})
@@ -258,9 +258,10 @@ class NeuroonClient:
             response.close()
 
     def _hide(self, text: str) -> str:
-        """Never let the key out, even when an error or the API's answer quotes it."""
+        """Never let the key out, even when an error or the API's answer quotes it, whole
+        or in part."""
         key = self._api_key.reveal()
-        return text.replace(key, "***") if key else text
+        return scrub_secret(text, key) if key else text
 
     def close(self) -> None:
         route: _Route | None = getattr(self._local, "route", None)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
+from .ids import shown
 
 DEFAULTS: dict[str, Any] = {
     "NEUROON_API_URL": "https://api.neuroon.ai",
@@ -130,40 +131,48 @@ def _number(key: str, value: Any, *, minimum: float = 0, allow_equal: bool = Tru
         if limit is None or number < 0:
             raise ConfigurationError(key, "must be a finite number") from None
     except (TypeError, ValueError):
-        raise ConfigurationError(key, f"must be a number, not {_shown(value)}") from None
+        raise ConfigurationError(key, f"must be a number, not {shown(value)}") from None
     if number != number or (number in (float("inf"), float("-inf")) and limit is None):
         raise ConfigurationError(key, "must be a finite number")
     if number < minimum or (number == minimum and not allow_equal):
         relation = ">=" if allow_equal else ">"
-        raise ConfigurationError(key, f"must be {relation} {minimum:g}, not {_shown(value)}")
+        raise ConfigurationError(key, f"must be {relation} {minimum:g}, not {shown(value)}")
     if limit is not None and number > limit:
-        raise ConfigurationError(key, f"must be <= {limit:g}, not {_shown(value)}")
+        raise ConfigurationError(key, f"must be <= {limit:g}, not {shown(value)}")
     return number
 
 
 #: The shortest piece of a secret that is hidden where it appears (a message may show a
-#: value cut short, and with it only part of a key pasted into the wrong setting).
-_SECRET_PIECE = 8
+#: value cut short, an API may echo part of a key, and with it part of the key).
+SECRET_PIECE = 8
 
 
-def _scrub_secret(text: str, secret: str) -> str:
-    """``text`` with every piece of ``secret`` of _SECRET_PIECE or more characters as ``***``."""
+def scrub_secret(text: str, secret: str) -> str:
+    """``text`` with every run of it made of pieces of ``secret`` (SECRET_PIECE characters
+    or more) as ``***``. One pass over ``text``: each window of SECRET_PIECE characters is
+    looked up among the secret's; overlapping hits make one hidden run."""
     if len(secret) < 4:
         return text
-    if secret in text:
-        text = text.replace(secret, "***")
-    for length in range(len(secret) - 1, _SECRET_PIECE - 1, -1):
-        for start in range(len(secret) - length + 1):
-            piece = secret[start : start + length]
-            if piece in text:
-                text = text.replace(piece, "***")
-    return text
-
-
-def _shown(value: Any) -> str:
-    """A value for an error message: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if len(secret) < SECRET_PIECE:
+        return text.replace(secret, "***")
+    pieces = {secret[i : i + SECRET_PIECE] for i in range(len(secret) - SECRET_PIECE + 1)}
+    runs: list[tuple[int, int]] = []
+    for start in range(len(text) - SECRET_PIECE + 1):
+        if text[start : start + SECRET_PIECE] in pieces:
+            end = start + SECRET_PIECE
+            if runs and start <= runs[-1][1]:
+                runs[-1] = (runs[-1][0], end)
+            else:
+                runs.append((start, end))
+    if not runs:
+        return text
+    shown, last = [], 0
+    for start, end in runs:
+        shown.append(text[last:start])
+        shown.append("***")
+        last = end
+    shown.append(text[last:])
+    return "".join(shown)
 
 
 def _integer(key: str, value: Any, *, minimum: int) -> int:
@@ -280,7 +289,7 @@ def _host(key: str, hostname: str) -> str:
         ascii_host = ""
     labels = ascii_host[:-1].split(".") if ascii_host.endswith(".") else ascii_host.split(".")
     if not ascii_host or len(ascii_host) > 253 or not all(_LABEL.match(lab) for lab in labels):
-        raise ConfigurationError(key, f"has a host name that is not valid: {_shown(hostname)}")
+        raise ConfigurationError(key, f"has a host name that is not valid: {shown(hostname)}")
     return ascii_host
 
 
@@ -308,7 +317,7 @@ def _api_url(value: Any) -> str:
     port = _port(key, parts)
     path = parts.path.rstrip("/")
     if not _URL_PATH.match(path):
-        raise ConfigurationError(key, f"has a path that is not valid: {_shown(path)}")
+        raise ConfigurationError(key, f"has a path that is not valid: {shown(path)}")
     if parts.scheme == "http" and not is_loopback_host(host.strip("[]")):
         raise ConfigurationError(
             key, f"must use https (http://{host} is plain http to a host that is not loopback)"
@@ -336,7 +345,7 @@ def _flush_interval(value: Any) -> float:
     interval = _number(key, value)
     if 0 < interval < MIN_FLUSH_INTERVAL:
         raise ConfigurationError(
-            key, f"must be 0 (off) or >= {MIN_FLUSH_INTERVAL:g} second, not {_shown(value)}"
+            key, f"must be 0 (off) or >= {MIN_FLUSH_INTERVAL:g} second, not {shown(value)}"
         )
     return interval
 
@@ -417,7 +426,7 @@ class Settings:
         except ConfigurationError as exc:
             key = config.get("NEUROON_API_KEY")
             message = str(exc).split(": ", 1)[-1]
-            scrubbed = _scrub_secret(message, key.strip()) if isinstance(key, str) else message
+            scrubbed = scrub_secret(message, key.strip()) if isinstance(key, str) else message
             if scrubbed != message:
                 raise ConfigurationError(exc.key, scrubbed) from None
             raise
@@ -430,7 +439,11 @@ class Settings:
 
         shop_id = _optional_text("NEUROON_SHOP_ID", config.get("NEUROON_SHOP_ID"))
         if shop_id is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", shop_id):
-            raise ConfigurationError("NEUROON_SHOP_ID", "may hold letters, digits, _ . - only")
+            raise ConfigurationError(
+                "NEUROON_SHOP_ID",
+                f"may hold letters, digits, _ . - only, not {shown(shop_id)} (the id your"
+                " Neuroon panel shows, like shop_abc123)",
+            )
         api_key = _optional_text("NEUROON_API_KEY", config.get("NEUROON_API_KEY"))
         if api_key is not None and not re.fullmatch(r"[\x21-\x7e]+", api_key):
             # Never echo the key: say what is wrong with it, not what it is.
@@ -477,6 +490,12 @@ class Settings:
         if not isinstance(mirror_name, str) or not _COOKIE_NAME.match(mirror_name):
             raise ConfigurationError(
                 "NEUROON_MIRROR_COOKIE_NAME", f"is not a cookie name: {mirror_name!r}"
+            )
+        if mirror_name == cookie_name:
+            raise ConfigurationError(
+                "NEUROON_MIRROR_COOKIE_NAME",
+                f"must differ from NEUROON_COOKIE_NAME ({cookie_name!r}): the signed, HttpOnly"
+                " mirror would overwrite the widget's click cookie",
             )
         return cls(
             api_url=_api_url(get("NEUROON_API_URL")),

@@ -21,7 +21,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["BAD_ID_CHAR", "MAX_ID_LENGTH", "clean_id", "id_text"]
+__all__ = ["BAD_ID_CHAR", "MAX_ID_LENGTH", "clean_id", "id_text", "shown"]
 
 #: Longest id kept, in characters (cookie entries, order ids, product ids).
 MAX_ID_LENGTH = 256
@@ -56,3 +56,13 @@ def clean_id(value: Any) -> str | None:
     if text is None or len(text) > MAX_ID_LENGTH or BAD_ID_CHAR.search(text):
         return None
     return text
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value for a log line or an error message: its repr (control characters escaped),
+    cut to about ``limit`` characters."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a shop's object with a broken __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} chars)"

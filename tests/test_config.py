@@ -108,7 +108,9 @@ def test_values_from_prefixed_env_strings_are_understood(monkeypatch: pytest.Mon
         ("NEUROON_DISPATCH", "carrier-pigeon", "must be one of"),
         ("NEUROON_COOKIE_NAME", "bad name;", "not a cookie name"),
         ("NEUROON_STORAGE_URI", "neuroon.db", "must be a URI"),
-        ("NEUROON_SHOP_ID", "shop/../x", "letters, digits"),
+        ("NEUROON_SHOP_ID", "shop/../x", "letters, digits, _ . - only, not 'shop/../x'"),
+        ("NEUROON_SHOP_ID", "shop_…", "not 'shop_…'"),  # the README's placeholder, as is
+        ("NEUROON_MIRROR_COOKIE_NAME", "neuroon_clicks", "must differ from NEUROON_COOKIE_NAME"),
     ],
 )
 def test_malformed_values_raise_a_configuration_error_naming_the_key(key, value, words):

@@ -354,14 +354,28 @@ def test_send_never_raises_even_for_a_missing_ca_bundle(monkeypatch):
     assert "CA certificate bundle" in result.message
 
 
-def test_an_api_answer_quoting_the_key_is_scrubbed(api, make_app, caplog):
+@pytest.mark.parametrize(
+    ("quoted", "shown"),
+    [
+        (API_KEY, "unknown key ***"),
+        (API_KEY[:20], "unknown key ***"),  # cut short by a proxy's error page
+        (API_KEY[6:], "unknown key ***"),
+        (f"{API_KEY[:10]}...{API_KEY[-10:]}", "unknown key ***...***"),  # a masked echo
+        (API_KEY[:7], f"unknown key {API_KEY[:7]}"),  # the key's public prefix, no more
+    ],
+)
+def test_an_api_answer_quoting_the_key_whole_or_in_part_is_scrubbed(
+    api, make_app, caplog, quoted, shown
+):
     app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
-    api.fail(1, status=401, body=f'{{"error": "unknown key {API_KEY}"}}')
+    api.fail(1, status=401, body=f'{{"error": "unknown key {quoted}"}}')
     with app.app_context():
         delivery = neuroon.track_conversion(make_order("ECHO-1"), clicks={})
-    assert delivery.error == "HTTP 401: unknown key ***"
-    assert API_KEY not in caplog.text
-    assert API_KEY not in cli(app, "outbox").output
+    assert delivery.error == f"HTTP 401: {shown}"
+    output = cli(app, "outbox").output
+    for start in range(len(API_KEY) - 7):
+        piece = API_KEY[start : start + 8]
+        assert piece not in caplog.text and piece not in output and piece not in delivery.error
 
 
 def test_a_locked_sqlite_file_delays_checkout_by_seconds_not_minutes(api, make_app, tmp_path):
