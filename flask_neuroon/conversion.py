@@ -364,6 +364,14 @@ def build_payload(order: Order, clicks: Mapping[str, str]) -> dict[str, Any]:
             entry = entries.get(key)
             if entry is None:
                 discounts += reduction  # no unit of it to lower: an order-level discount
+                logger.warning(
+                    "flask-neuroon: order %s: the clicked product %s has only lines below"
+                    " zero (%s in all: a negative quantity or price, or a discount line) and"
+                    " is not attributed; they count as an order-level discount",
+                    order_id,
+                    key,
+                    reduction,
+                )
                 continue
             lowered = max(entry.line_total + reduction, Decimal(0))
             lines_sum -= entry.line_total - lowered

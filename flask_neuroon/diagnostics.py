@@ -85,7 +85,7 @@ def explain_mismatch(order: Order, clicks: Mapping[str, str]) -> Mismatch | None
         return Mismatch(
             CAUSE_UNATTRIBUTABLE,
             f"the clicked products {matched[:SAMPLE]} are in the order, but their lines could"
-            " not be attributed (see the warning logged for each line: quantity, price)",
+            " not be attributed (see the warnings logged for them: quantity, price)",
             tuple(matched[:SAMPLE]),
             tuple(line_ids[:SAMPLE]),
         )

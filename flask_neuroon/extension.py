@@ -33,6 +33,7 @@ from .delivery import Delivery
 from .diagnostics import explain_mismatch
 from .dispatch import Courier, Dispatcher, SyncDispatcher, ThreadDispatcher
 from .errors import InvalidOrder, StorageError
+from .ids import shown
 from .middleware import ClickMapMiddleware, clicks_from_environ
 from .mirror import MirrorCodec
 from .orders import Order, OrderAdapter, adapt_order, order_id_of
@@ -577,7 +578,11 @@ class Neuroon:
                 clicks = self._gather_clicks(state, order_id, consume=False)
             payload = build_payload(adapted, clicks)
         except InvalidOrder as exc:
-            logger.error("flask-neuroon: order %s not tracked: %s", exc.order_id or order_id, exc)
+            logger.error(
+                "flask-neuroon: order %s not tracked: %s",
+                exc.order_id or order_id or shown(getattr(adapted, "id", None)),
+                exc,
+            )
             return Delivery(order_id, "invalid", str(exc))
         order_id = payload["orderId"]
         if clicks and not payload["conversions"]:
@@ -807,14 +812,23 @@ class Neuroon:
                 )
                 if response.status_code < 400:
                     try:
-                        key = Neuroon._resolve_order_id(order_id, kwargs)
+                        try:
+                            key = Neuroon._resolve_order_id(order_id, kwargs)
+                        except LookupError as exc:  # request.values["order"] without one
+                            looked_up = f" for {shown(exc.args[0])}" if exc.args else ""
+                            key = None
+                            missing = f"{order_id!r} raised {type(exc).__name__}{looked_up}"
+                        else:
+                            missing = (
+                                f"{order_id!r} returned None"
+                                if callable(order_id)
+                                else f"no view argument, form or query field {order_id!r}"
+                            )
                         if key is None:
                             logger.warning(
                                 "flask-neuroon: %s: no order id in this request (%s)",
                                 failure,
-                                f"{order_id!r} returned None"
-                                if callable(order_id)
-                                else f"no view argument, form or query field {order_id!r}",
+                                missing,
                             )
                         else:
                             action(key)

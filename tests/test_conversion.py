@@ -620,3 +620,26 @@ def test_a_clicked_line_that_rounds_to_zero_is_zero_not_a_void_order(currency, p
         {"productId": "A", "searchLogId": "log-a", "quantity": 1, "lineTotal": Decimal(unit)},
     ]
     assert ":-" not in dumps_payload(body)  # no negative zero either
+
+
+@pytest.mark.parametrize(
+    "negative",
+    [
+        {"quantity": -1, "unitPrice": "10"},
+        {"quantity": 1, "line_total": "-5"},
+        {"quantity": 1, "unitPrice": "-2.50"},
+    ],
+)
+def test_a_clicked_product_with_only_negative_lines_says_why_it_is_unattributed(negative, caplog):
+    order = {
+        "id": "QN1",
+        "total": "5.00",
+        "currency": "EUR",
+        "lines": [{"sku": "X", "quantity": 1, "unitPrice": 10}, {"sku": "A", **negative}],
+    }
+    with caplog.at_level(logging.WARNING, logger="flask_neuroon"):
+        body = payload(order, {"A": "a"})
+    assert body["conversions"] == [] and body["attributedValue"] == Decimal("0.00")
+    assert body["orderValue"] == Decimal("5.00")
+    (record,) = caplog.records
+    assert "order QN1: the clicked product A has only lines below zero" in record.getMessage()

@@ -153,12 +153,18 @@ def test_unknown_order_in_the_confirm_view_is_logged_and_the_page_still_renders(
     assert api.requests == []
 
 
-def test_missing_order_field_in_the_confirm_view_is_logged_not_a_500(api, make_app, caplog):
+def test_missing_order_field_in_the_confirm_view_is_one_warning_not_a_500(api, make_app, caplog):
+    # The route's order_id is lambda: request.values["order"], and the POST has no "order":
+    # one line saying so, no traceback.
     app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
     add_checkout_routes(app, neuroon)
-    response = app.test_client().post("/payment/return", data={})
+    with caplog.at_level(logging.WARNING, logger="flask_neuroon"):
+        response = app.test_client().post("/payment/return", data={})
     assert response.status_code == 200
-    assert "tracking the confirmed order failed" in caplog.text
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "tracking the confirmed order: no order id in this request" in record.getMessage()
+    assert "raised BadRequestKeyError for 'order')" in record.getMessage()
 
 
 def test_invalid_order_is_logged_with_its_id_and_never_raised(api, make_app, caplog):
@@ -587,3 +593,21 @@ def test_the_sender_starter_leaves_the_shops_requests_once_it_has_run(api, make_
         os._exit(0 if state._start_senders in app.before_request_funcs[None] else 1)
     _, status = os.waitpid(child, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize(
+    ("order_id", "named"),
+    [("Z" * 5000, "'ZZZZZZZZZZ"), ("A\nB", "'A\\nB'"), (float("nan"), "nan")],
+)
+def test_an_order_with_an_unusable_id_is_named_by_what_it_holds(
+    api, make_app, caplog, order_id, named
+):
+    app, neuroon = make_app(api, NEUROON_DISPATCH="sync")
+    order = {"id": order_id, "total": "5.00", "currency": "EUR", "lines": []}
+    with caplog.at_level(logging.ERROR, logger="flask_neuroon"), app.app_context():
+        delivery = neuroon.track_conversion(order, clicks={})
+    assert delivery.status == "invalid" and "orderId" in (delivery.error or "")
+    (record,) = [r for r in caplog.records if "not tracked" in r.getMessage()]
+    assert f"order {named}" in record.getMessage() and "order None" not in record.getMessage()
+    assert len(record.getMessage()) < 300
+    assert api.conversions == []
