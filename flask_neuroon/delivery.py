@@ -26,8 +26,10 @@ from collections.abc import Callable
 #: ``(status, error)`` of a conversion as its outbox row tells it, or None while the row
 #: says nothing final (how a Delivery learns what another process did with its order).
 Look = Callable[[], "tuple[str, str | None] | None"]
-#: How often wait() asks the outbox, while nothing in this process has reported.
+#: How soon wait() first asks the outbox, while nothing in this process has reported;
+#: the pause doubles after each look, up to _LOOK_AT_MOST.
 _LOOK_EVERY = 0.25
+_LOOK_AT_MOST = 2.0
 
 PENDING = "pending"
 #: Statuses after which nothing more will happen to this conversion in this process.
@@ -73,15 +75,18 @@ class Delivery:
         """Block until an attempt has finished (or ``timeout``); return the status.
 
         Also ends when the outbox row shows the order sent or dead by another process
-        (it is looked at every quarter of a second while this one has nothing to say).
+        (looked at after a quarter of a second, then ever less often, up to every 2 s,
+        while this process has nothing to say).
         """
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        pause = _LOOK_EVERY
         while True:
-            step = (
-                _LOOK_EVERY if deadline is None else min(_LOOK_EVERY, deadline - time.monotonic())
-            )
-            if self._done.wait(max(step, 0.0)):
+            step = pause
+            if deadline is not None:
+                step = max(min(step, deadline - time.monotonic()), 0.0)
+            if self._done.wait(step):
                 return self._status
+            pause = min(pause * 2, _LOOK_AT_MOST)
             look = self._look
             found = look() if look is not None else None
             if found is not None and not self._done.is_set():
