@@ -96,7 +96,8 @@ def test_a_celery_worker_delivers_and_its_beat_flushes_retries(
         with app.app_context():
             started = time.perf_counter()
             delivery = neuroon.track_conversion(order("CEL-1"), clicks={"P1": "log-1"})
-            assert time.perf_counter() - started < 0.2  # the view never waits for the broker
+            # The view never waits for the broker (a blocked publish waits seconds).
+            assert time.perf_counter() - started < 1.0
             assert delivery.status == "pending"
             assert api.wait_for(1, timeout=40), "the worker delivered the conversion"
             assert api.conversions[0].attributed_value == Decimal("30.00")
