@@ -74,7 +74,6 @@ __all__ = [
     "MAX_VALUE_LENGTH",
     "parse_click_header",
     "parse_click_value",
-    "read_click_header",
 ]
 
 COOKIE_NAME = "neuroon_clicks"
@@ -175,13 +174,14 @@ def parse_click_header(cookie_header: str | None, name: str = COOKIE_NAME) -> di
     or a header without the cookie gives ``{}``. The first occurrence of a productId
     wins, across cookies as inside one. Never raises.
     """
-    return dict(read_click_header(cookie_header, name))
+    return dict(_shared_click_map(cookie_header, name))
 
 
-def read_click_header(cookie_header: str | None, name: str = COOKIE_NAME) -> Mapping[str, str]:
-    """:func:`parse_click_header`, read-only: the map may be one kept for other requests
-    with the same cookie, not copied (what :class:`~flask_neuroon.middleware.ClickMap`
-    holds). Never raises."""
+def _shared_click_map(cookie_header: str | None, name: str = COOKIE_NAME) -> Mapping[str, str]:
+    """:func:`parse_click_header` without the copy, for
+    :class:`~flask_neuroon.middleware.ClickMap` only: the map may be the one kept for every
+    request with the same cookie, so its caller must never change it (ClickMap hands out
+    nothing that could). Never raises."""
     try:
         return _parse_header(cookie_header, name)
     except Exception:

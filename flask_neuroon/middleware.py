@@ -9,7 +9,7 @@ For each request the middleware stores a :class:`ClickMap` under
 untouched. The map holds only the raw ``Cookie`` header: nothing is parsed until someone
 reads it (``len``, ``in``, ``[]``, iteration, ``get``, ``keys``/``items``/``values``,
 ``bool``, ``==`` or ``repr``), and then it is parsed once, with
-:func:`flask_neuroon.cookies.read_click_header` (the rules are ``parse_click_header``'s). A
+:func:`flask_neuroon.cookies.parse_click_header`'s rules (see there). A
 request that never asks for its clicks pays for one small object and nothing else.
 
 :func:`clicks_from_environ` returns that map, or builds one from the header when the
@@ -31,7 +31,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .cookies import COOKIE_NAME, read_click_header
+from .cookies import COOKIE_NAME, _shared_click_map
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -82,7 +82,7 @@ class ClickMap(Mapping[str, str]):
         # here changes it, and the views handed out (keys, items, values) cannot.
         clicks = self._clicks
         if clicks is None:
-            clicks = self._clicks = read_click_header(self._header, self._cookie_name)
+            clicks = self._clicks = _shared_click_map(self._header, self._cookie_name)
             self._header = None
         return clicks
 

@@ -37,8 +37,8 @@ class ParseSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str | None, str]] = []
-        self._real = cookies.read_click_header
-        monkeypatch.setattr(middleware, "read_click_header", self)
+        self._real = cookies._shared_click_map
+        monkeypatch.setattr(middleware, "_shared_click_map", self)
 
     def __call__(self, header: str | None, name: str = COOKIE_NAME) -> Mapping[str, str]:
         self.calls.append((header, name))
