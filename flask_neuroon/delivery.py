@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 #: ``(status, error)`` of a conversion as its outbox row tells it, or None while the row
 #: says nothing final (how a Delivery learns what another process did with its order).
-Look = Callable[[], "tuple[str, str | None] | None"]
+#: It is given the seconds it may take.
+Look = Callable[[float], "tuple[str, str | None] | None"]
 #: How soon wait() first asks the outbox, while nothing in this process has reported;
 #: the pause doubles after each look, up to _LOOK_AT_MOST.
 _LOOK_EVERY = 0.25
@@ -88,7 +89,8 @@ class Delivery:
                 return self._status
             pause = min(pause * 2, _LOOK_AT_MOST)
             look = self._look
-            found = look() if look is not None else None
+            left = _LOOK_AT_MOST if deadline is None else deadline - time.monotonic()
+            found = look(left) if look is not None else None
             if found is not None and not self._done.is_set():
                 self._update(*found)
                 return self._status

@@ -59,6 +59,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 OrderIdSource = str | Callable[[], Any]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+#: The least time Delivery.wait() gives a look at the outbox row (wait(0) included).
+_MIN_LOOK_WAIT = 0.05
 #: Order ids remembered for once-only sending when the outbox is off or unreachable.
 _RECENT_LIMIT = 10_000
 #: Seconds between purges of expired snapshots by the in-process sweeper.
@@ -186,12 +188,23 @@ class _State:
                 will_retry=will_retry,
             )
 
-    def stored_outcome(self, order_id: str) -> tuple[str, str | None] | None:
+    def follow_row(self, order_id: str, delivery: Delivery) -> None:
+        """Report this process's attempts on ``delivery``, and let its wait() read the
+        outbox row, which another process (worker, cron, Celery) may be the one to send."""
+        self.deliveries[order_id] = delivery
+        delivery._look = functools.partial(self.stored_outcome, order_id)
+
+    def stored_outcome(self, order_id: str, wait: float) -> tuple[str, str | None] | None:
         """("sent", None) or ("dead", its last error) when the outbox row says so; None
-        otherwise, or when storage cannot tell right now."""
+        otherwise, or when storage cannot tell within ``wait`` seconds. Never raises."""
         try:
-            row = self.guard.call(self.storage.get, order_id)
+            row = self.guard.call(
+                self.storage.get, order_id, wait=max(wait, _MIN_LOOK_WAIT), rest=False
+            )
         except StorageError:
+            return None
+        except Exception:  # a storage backend of the shop's own: wait() must not raise
+            logger.exception("flask-neuroon: reading the outbox row of order %s failed", order_id)
             return None
         if row is None or row.state not in (SENT, DEAD):
             return None
@@ -694,7 +707,7 @@ class Neuroon:
                     return Delivery(order_id, "duplicate")
                 if forget:
                     self._forget_snapshot(state, order_id, connection)
-                state.deliveries[order_id] = delivery
+                state.follow_row(order_id, delivery)
 
                 def committed() -> None:
                     state.signal(conversion_queued, order_id=order_id, payload=payload)
@@ -739,8 +752,7 @@ class Neuroon:
                     delivery._update("duplicate")
                     return delivery
                 state.signal(conversion_queued, order_id=order_id, payload=payload)
-                state.deliveries[order_id] = delivery
-                delivery._look = functools.partial(state.stored_outcome, order_id)
+                state.follow_row(order_id, delivery)
                 state.dispatcher.submit_id(order_id)  # full queue: the row waits in the outbox
                 return delivery
         if not state.first_time(order_id):

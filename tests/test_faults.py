@@ -727,3 +727,72 @@ def test_a_commit_landing_while_the_sender_looks_for_the_row_is_still_sent_at_on
     assert row is not None
     assert status == "sent", f"committed, but still {row.state} after 5 s (nobody sends it)"
     result.assert_clean()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb", "redis"])
+def test_delivery_wait_keeps_its_timeout_against_storage_that_hangs(
+    backend: str, make_app: AppFactory, api: RecordingAPI
+):
+    # wait() looks at the outbox row (another process may have sent the order): against
+    # a server that stopped answering, that look may not take longer than the wait.
+    url, port = _server_to_hang(backend)
+    run = uuid.uuid4().hex[:8]
+    proxy = FreezeProxy(port)
+    try:
+        with contextlib.ExitStack() as stack:
+            if backend == "redis":
+                url = f"{url}?prefix=waithang{run}"
+            else:
+                url = stack.enter_context(private_database(url))
+            uri = url.replace(f":{port}/", f":{proxy.port}/")
+            app, neuroon = make_app(
+                api, NEUROON_STORAGE_URI=uri, NEUROON_DISPATCH="thread", NEUROON_MAX_WORKERS=1
+            )
+            api.slow(3.0, times=1)  # holds the only sender: the second order stays queued
+            with app.app_context():
+                neuroon.track_conversion(make_order(f"WAIT-HOLD-{run}"), clicks={})
+                waiting = neuroon.track_conversion(make_order(f"WAIT-{run}"), clicks={})
+                proxy.freeze()
+                took = []
+                for timeout in (0.0, 0.3, 0.6):
+                    started = time.monotonic()
+                    assert waiting.wait(timeout) == "pending"
+                    took.append(time.monotonic() - started)
+            print(f"\nwait-hung-storage[{backend}]: wait(0 / 0.3 / 0.6) took {took}")
+            assert took[0] < 0.5 and took[1] < 0.8 and took[2] < 1.1, took
+    finally:
+        proxy.close()
+
+
+def test_delivery_wait_never_raises_whatever_a_shops_storage_does(api, tmp_path: Path):
+    from flask import Flask
+
+    from flask_neuroon import Neuroon
+    from flask_neuroon.storage.memory import MemoryStorage
+
+    from .conftest import base_config
+
+    class Flaky(MemoryStorage):
+        broken = False
+
+        def get(self, order_id: str) -> Any:
+            if self.broken:
+                raise RuntimeError("a bug in the shop's own backend")
+            return super().get(order_id)
+
+    storage = Flaky()
+    app = Flask("flaky_shop", instance_path=str(tmp_path / "instance"))
+    app.config.update(base_config(api, tmp_path, NEUROON_DISPATCH="thread", NEUROON_MAX_WORKERS=1))
+    neuroon = Neuroon()
+    neuroon.init_app(app, storage=storage)
+    api.slow(2.0, times=1)  # holds the only sender: the second order stays queued
+    with app.app_context():
+        try:
+            neuroon.track_conversion(make_order("RAISE-HOLD"), clicks={})
+            waiting = neuroon.track_conversion(make_order("RAISE-1"), clicks={})
+            storage.broken = True
+            assert waiting.wait(0.6) == "pending"
+            storage.broken = False
+            assert waiting.wait(10) == "sent"
+        finally:
+            neuroon.shutdown()

@@ -261,3 +261,42 @@ def test_a_session_on_another_postgres_database_queues_after_the_commit(api, tmp
             engine.dispose()
     assert "the outbox is in postgresql+psycopg://" in caplog.text
     assert api.received_count("TWO-1") == 1
+
+
+def test_wait_learns_of_a_transactional_order_sent_by_another_process(api, tmp_path):
+    # The order is written in the shop's transaction; cron's flush (another app on the
+    # same database) sends it before this worker's only sender is free. Its Delivery
+    # says "sent" at once instead of waiting out its timeout.
+    need_service("SQLAlchemy", importable("sqlalchemy"), "pip install -e '.[sqlalchemy]'")
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path}/shop.db")
+    apps = []
+    for name, dispatch in (("tx_worker", "thread"), ("tx_cron", "sync")):
+        app = Flask(name, instance_path=str(tmp_path / name))
+        app.config.update(
+            base_config(api, tmp_path, NEUROON_DISPATCH=dispatch, NEUROON_MAX_WORKERS=1)
+        )
+        neuroon = Neuroon()
+        neuroon.init_app(app, engine=engine)
+        apps.append((app, neuroon))
+    (worker, neuroon), (cron, cron_neuroon) = apps
+    api.slow(1.5, times=1)  # holds the worker's only sender
+    try:
+        with worker.app_context():
+            neuroon.track_conversion(order("TXW-HOLD"), clicks={})
+            with engine.begin() as connection:
+                delivery = neuroon.track_conversion(
+                    order("TXW-1"), clicks={}, connection=connection
+                )
+        with cron.app_context():
+            cron_neuroon.flush(5)
+        started = time.perf_counter()
+        assert delivery.wait(10) == "sent"
+        assert time.perf_counter() - started < 3.0
+        assert api.received_count("TXW-1") == 1
+    finally:
+        for app, each in apps:
+            with app.app_context():
+                each.shutdown()
+        engine.dispose()

@@ -85,14 +85,17 @@ class RequestGuard:
     def _after_fork(self) -> None:
         self._init_process_state()
 
-    def call(self, function: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+    def call(
+        self, function: Callable[..., T], *args: Any, wait: float | None = None, rest: bool = True
+    ) -> T:
         """``function(*args)``, waited for at most ``wait`` seconds (on a request thread,
         by default, ``timeout``).
 
         In flask-neuroon's own threads the call runs as it is unless ``wait`` bounds it too
         (a sender that must not wait forever for a hung server, a bounded flush). Those
         calls are made even while request threads rest, and their failures make request
-        threads rest too.
+        threads rest too. ``rest=False``: a failure of this call does not (a look with a
+        wait far shorter than a checkout's, by Delivery.wait()).
         """
         background = in_background_thread()
         if background and wait is None:
@@ -113,8 +116,9 @@ class RequestGuard:
             # A slow failure (a timeout, a lock) would be as slow next time: rest long. A
             # quick one (connection refused) is cheap once, but a checkout makes several
             # storage calls, on every request, for as long as the outage lasts: rest briefly.
-            slow = time.monotonic() - started >= self.timeout / 2
-            self._rest(self.cooldown if slow else self.short_cooldown, exc)
+            if rest:
+                slow = time.monotonic() - started >= self.timeout / 2
+                self._rest(self.cooldown if slow else self.short_cooldown, exc)
             raise
 
     def _offloaded(self, function: Callable[..., T], args: tuple[Any, ...], timeout: float) -> T:
