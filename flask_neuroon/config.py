@@ -144,22 +144,22 @@ def _number(key: str, value: Any, *, minimum: float = 0, allow_equal: bool = Tru
 
 #: The shortest piece of a secret that is hidden where it appears (a message may show a
 #: value cut short, an API may echo part of a key, and with it part of the key).
-SECRET_PIECE = 8
+_SECRET_PIECE = 8
 
 
 def scrub_secret(text: str, secret: str) -> str:
-    """``text`` with every run of it made of pieces of ``secret`` (SECRET_PIECE characters
-    or more) as ``***``. One pass over ``text``: each window of SECRET_PIECE characters is
+    """``text`` with every run of it made of pieces of ``secret`` (_SECRET_PIECE characters
+    or more) as ``***``. One pass over ``text``: each window of _SECRET_PIECE characters is
     looked up among the secret's; overlapping hits make one hidden run."""
     if len(secret) < 4:
         return text
-    if len(secret) < SECRET_PIECE:
+    if len(secret) < _SECRET_PIECE:
         return text.replace(secret, "***")
-    pieces = {secret[i : i + SECRET_PIECE] for i in range(len(secret) - SECRET_PIECE + 1)}
+    pieces = {secret[i : i + _SECRET_PIECE] for i in range(len(secret) - _SECRET_PIECE + 1)}
     runs: list[tuple[int, int]] = []
-    for start in range(len(text) - SECRET_PIECE + 1):
-        if text[start : start + SECRET_PIECE] in pieces:
-            end = start + SECRET_PIECE
+    for start in range(len(text) - _SECRET_PIECE + 1):
+        if text[start : start + _SECRET_PIECE] in pieces:
+            end = start + _SECRET_PIECE
             if runs and start <= runs[-1][1]:
                 runs[-1] = (runs[-1][0], end)
             else:

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from .ids import BAD_ID_CHAR, MAX_ID_LENGTH
+from .ids import BAD_ID_CHAR, MAX_ID_LENGTH, shown
 
 __all__ = [
     "COOKIE_NAME",
@@ -89,8 +89,6 @@ MAX_DECODE_ROUNDS = 3
 
 logger = logging.getLogger("flask_neuroon.cookies")
 
-_PREVIEW_LENGTH = 60
-
 #: The last clean parses, by raw cookie value. A shopper's requests carry the same cookie
 #: until their next click, so a worker parses it about twice instead of on every page that
 #: reads it (a hit costs a look-up, a comparison in place and, for a caller that may
@@ -114,8 +112,9 @@ _recent: OrderedDict[str, tuple[str, dict[str, str]]] = OrderedDict()
 _seen: set[str] = set()
 
 
-def _fingerprint(value: str) -> str:
-    return value[-_FINGERPRINT:]
+def _fingerprint(text: str, start: int, end: int) -> str:
+    """The key of the value ``text[start:end]`` in _recent: its last _FINGERPRINT characters."""
+    return text[max(start, end - _FINGERPRINT) : end]
 
 
 # Starts like a percent-encoded object: "%7B..." or "{%22...". Anchored, one optional
@@ -158,13 +157,6 @@ _scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstri
 _RECLOSE_ATTEMPTS = 4
 
 _Pairs = list[tuple[str, Any]]
-
-
-def _preview(value: str | bytes) -> str:
-    """A value fit for a log line: at most ~60 characters, with its full length."""
-    if len(value) <= _PREVIEW_LENGTH:
-        return repr(value)
-    return f"{value[:_PREVIEW_LENGTH]!r}... ({len(value)} chars)"
 
 
 def parse_click_header(cookie_header: str | None, name: str = COOKIE_NAME) -> dict[str, str]:
@@ -268,15 +260,17 @@ def _kept_parse(header: str, needle: str) -> dict[str, str] | None:
     end = header.find(";", start)
     if end < 0:
         end = len(header)
-    fingerprint = header[max(start, end - _FINGERPRINT) : end]
+    if header.find(needle, end) >= 0 or not _at_cookie_start(header, pos):
+        return None
+    return _kept(header, start, end)
+
+
+def _kept(text: str, start: int, end: int) -> dict[str, str] | None:
+    """The kept parse of the value ``text[start:end]``, compared where it stands (no
+    copy of it is made); None when there is none."""
+    fingerprint = _fingerprint(text, start, end)
     cached = _recent.get(fingerprint)
-    if (
-        cached is None
-        or len(cached[0]) != end - start
-        or not header.startswith(cached[0], start)
-        or header.find(needle, end) >= 0
-        or not _at_cookie_start(header, pos)
-    ):
+    if cached is None or len(cached[0]) != end - start or not text.startswith(cached[0], start):
         return None
     try:  # noqa: SIM105 - suppress() costs 3 Python calls on every page reading clicks
         _recent.move_to_end(fingerprint)
@@ -287,28 +281,23 @@ def _kept_parse(header: str, needle: str) -> dict[str, str] | None:
 
 def _parse_value(value: str) -> dict[str, str]:
     if len(value) <= _RECENT_VALUE_LENGTH:
-        fingerprint = _fingerprint(value)
-        cached = _recent.get(fingerprint)
-        if cached is not None and cached[0] == value:
-            try:  # noqa: SIM105 - suppress() costs 3 Python calls on every page reading clicks
-                _recent.move_to_end(fingerprint)
-            except KeyError:  # another thread has just evicted it
-                pass
-            return dict(cached[1])
+        kept = _kept(value, 0, len(value))
+        if kept is not None:
+            return dict(kept)
     if len(value) > MAX_VALUE_LENGTH:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "ignored a click cookie of %d chars (over MAX_VALUE_LENGTH=%d): %s",
                 len(value),
                 MAX_VALUE_LENGTH,
-                _preview(value),
+                shown(value),
             )
         return {}
     data = _decode(value)
     if data[:1] != b"{":
         # Empty, an array, a string, a number, or not JSON at all.
         if data and logger.isEnabledFor(logging.DEBUG):
-            logger.debug("ignored a click cookie that is not a JSON object: %s", _preview(data))
+            logger.debug("ignored a click cookie that is not a JSON object: %s", shown(data))
         return {}
     # "Plain" JSON text cannot yield an id with a forbidden character, so the checks can
     # skip that one: no backslash (so no \u escape), no DEL, no C1 control (UTF-8 C2 80-9F,
@@ -348,7 +337,7 @@ def _remember(value: str, clicks: dict[str, str]) -> None:
     """Keep a copy of the clean parse of ``value`` if it was seen before (see _recent)."""
     if len(value) > _RECENT_VALUE_LENGTH:
         return
-    fingerprint = _fingerprint(value)
+    fingerprint = _fingerprint(value, 0, len(value))
     if fingerprint not in _seen:
         if len(_seen) >= _SEEN_SIZE:
             _seen.clear()
@@ -412,7 +401,7 @@ def _parse_broken(text: str, error: BaseException, plain: bool) -> tuple[_Pairs,
             "click cookie is cut or broken (%s); kept the %d entries before the break: %s",
             type(error).__name__,
             len(pairs),
-            _preview(text),
+            shown(text),
         )
     return pairs, plain
 
@@ -589,8 +578,8 @@ def _clean_slowly(pairs: Iterable[tuple[Any, Any]]) -> dict[str, str]:
         example = ""
         if first_dropped is not None:
             key, value = first_dropped
-            shown = value if isinstance(value, str) else repr(value)
-            example = f"; first dropped: {_preview(key)} -> {_preview(shown)}"
+            text = value if isinstance(value, str) else repr(value)
+            example = f"; first dropped: {shown(key)} -> {shown(text)}"
         logger.debug(
             "click cookie: dropped %d entries (duplicate, not {string: string}, empty, "
             "over MAX_ID_LENGTH=%d, control characters, invalid UTF-8, or over "

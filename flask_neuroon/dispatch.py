@@ -126,7 +126,7 @@ class Courier:
             for row in rows:
                 self.deliver_row(row)
             sent += len(rows)
-            if crew is not None and started is not None:
+            if crew is not None and started is not None:  # (both or neither: for mypy)
                 crew.end(started)
         return sent
 
@@ -312,12 +312,12 @@ class DrainCrew:
             self._busy_since.pop(threading.get_ident(), None)
             self._condition.notify_all()
 
-    def needs_help(self, now: float) -> bool:
-        with self._condition:
-            if self._wall > 2.0 * self._cpu + self.JOIN_AFTER:
-                return True
-            busy = self._busy_since.values()
-            return bool(busy) and all(now - since >= self.JOIN_AFTER for since in busy)
+    def _needs_help(self, now: float) -> bool:
+        """(Called holding the condition's lock.)"""
+        if self._wall > 2.0 * self._cpu + self.JOIN_AFTER:
+            return True
+        busy = self._busy_since.values()
+        return bool(busy) and all(now - since >= self.JOIN_AFTER for since in busy)
 
     def stand_by(self, deadline: float, stopping: threading.Event) -> bool:
         """Wait until this standby should join (True) or the drain is over (False)."""
@@ -326,7 +326,7 @@ class DrainCrew:
                 now = time.monotonic()
                 if now >= deadline:
                     return False
-                if self.needs_help(now):  # re-entrant: a Condition on an RLock
+                if self._needs_help(now):
                     return True
                 self._condition.wait(min(self.JOIN_AFTER, deadline - now))
         return False

@@ -801,12 +801,24 @@ class Neuroon:
     # --- decorators ------------------------------------------------------------------
 
     @staticmethod
-    def _resolve_order_id(source: OrderIdSource, view_kwargs: Mapping[str, Any]) -> Any:
-        if callable(source):
-            return source()
-        if source in view_kwargs:
-            return view_kwargs[source]
-        return request.values.get(source)
+    def _resolve_order_id(
+        source: OrderIdSource, view_kwargs: Mapping[str, Any]
+    ) -> tuple[Any, str | None]:
+        """(the order id, None) or, when there is none in this request, (None, why)."""
+        if not callable(source):
+            if source in view_kwargs:
+                return view_kwargs[source], None
+            key = request.values.get(source)
+            return (
+                key,
+                None if key is not None else f"no view argument, form or query field {source!r}",
+            )
+        try:
+            key = source()
+        except LookupError as exc:  # request.values["order"] without one
+            looked_up = f" for {shown(exc.args[0])}" if exc.args else ""
+            return None, f"{source!r} raised {type(exc).__name__}{looked_up}"
+        return key, None if key is not None else f"{source!r} returned None"
 
     @staticmethod
     def _after_success(
@@ -824,18 +836,7 @@ class Neuroon:
                 )
                 if response.status_code < 400:
                     try:
-                        try:
-                            key = Neuroon._resolve_order_id(order_id, kwargs)
-                        except LookupError as exc:  # request.values["order"] without one
-                            looked_up = f" for {shown(exc.args[0])}" if exc.args else ""
-                            key = None
-                            missing = f"{order_id!r} raised {type(exc).__name__}{looked_up}"
-                        else:
-                            missing = (
-                                f"{order_id!r} returned None"
-                                if callable(order_id)
-                                else f"no view argument, form or query field {order_id!r}"
-                            )
+                        key, missing = Neuroon._resolve_order_id(order_id, kwargs)
                         if key is None:
                             logger.warning(
                                 "flask-neuroon: %s: no order id in this request (%s)",

@@ -60,7 +60,11 @@ def clean_id(value: Any) -> str | None:
 
 def shown(value: Any, limit: int = 60) -> str:
     """A value for a log line or an error message: its repr (control characters escaped),
-    cut to about ``limit`` characters."""
+    at most about ``limit`` characters of it, with the full length of a long text."""
+    if isinstance(value, (str, bytes)):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value)} chars)"
     try:
         text = repr(value)
     except Exception:  # noqa: BLE001 - a shop's object with a broken __repr__
